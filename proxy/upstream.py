@@ -1,0 +1,150 @@
+"""Forwarding to an upstream over one shared httpx.AsyncClient, and relaying
+its answer back: whole for small bodies, chunk by chunk for streams."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Iterable
+
+import anyio
+import httpx
+from starlette.responses import Response, StreamingResponse
+
+from .config import ConfigError, ConfigIssue, ServerSettings, Upstream
+from .errors import UpstreamTimeout, UpstreamUnavailable, stream_error_event
+
+log = logging.getLogger("ctxwarden.upstream")
+
+# RFC 9110 7.6.1 connection-specific headers, never forwarded either way.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+    b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+# Recomputed by httpx / Starlette for the body actually sent.
+_RECOMPUTED = frozenset({b"host", b"content-length"})
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
+# Answers up to this size are read whole and sent in one piece: cheaper than a
+# chunked relay, and small enough not to matter for memory.
+WHOLE_BODY_LIMIT = 1 << 20
+
+
+def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    listed = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            listed.update(v.strip().lower() for v in value.split(b","))
+    return frozenset(listed)
+
+
+def request_headers(raw: list[tuple[bytes, bytes]], upstream: Upstream,
+                    api_key: str | None) -> list[tuple[bytes, bytes]]:
+    """The client's headers as the upstream should get them."""
+    drop = HOP_BY_HOP | _RECOMPUTED | _connection_listed(raw)
+    if api_key is not None:
+        drop |= _CREDENTIAL_HEADERS
+    headers = [(k, v) for k, v in raw if k.lower() not in drop]
+    if api_key is not None:
+        if upstream.dialect == "anthropic":
+            headers.append((b"x-api-key", api_key.encode()))
+        else:
+            headers.append((b"authorization", b"Bearer " + api_key.encode()))
+    return headers
+
+
+def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    drop = HOP_BY_HOP | _connection_listed(raw) | {b"content-length"}
+    return [(k, v) for k, v in raw if k.lower() not in drop]
+
+
+class UpstreamClient:
+    """The process's one httpx.AsyncClient, with per-upstream timeouts and keys."""
+
+    def __init__(self, server: ServerSettings, upstreams: tuple[Upstream, ...]):
+        self._client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=server.max_connections,
+                                max_keepalive_connections=server.max_keepalive_connections),
+            timeout=None, follow_redirects=False, trust_env=False,
+        )
+        self._keys = {u.name: _api_key(u) for u in upstreams}
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def send(self, upstream: Upstream, method: str, path: str, query: bytes,
+                   headers: list[tuple[bytes, bytes]], content) -> httpx.Response:
+        """Send and return the response with its body not yet read."""
+        url = upstream.base_url + path
+        if query:
+            url += "?" + query.decode("latin-1")
+        t = upstream.timeouts
+        request = self._client.build_request(
+            method, url, headers=request_headers(headers, upstream, self._keys.get(upstream.name)),
+            content=content,
+            timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
+        )
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            log.warning("upstream %s timed out (%s) on %s %s", upstream.name, type(exc).__name__, method, path)
+            raise UpstreamTimeout(f"upstream {upstream.name!r} did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            log.warning("upstream %s unreachable (%s) on %s %s", upstream.name, type(exc).__name__, method, path)
+            raise UpstreamUnavailable(f"upstream {upstream.name!r} could not be reached") from exc
+
+
+def _api_key(upstream: Upstream) -> str | None:
+    if upstream.api_key_env is None:
+        return None
+    key = os.environ.get(upstream.api_key_env)
+    if not key:
+        raise ConfigError([ConfigIssue("<environment>", None,
+                                       f"upstream {upstream.name!r}: environment variable "
+                                       f"{upstream.api_key_env} named by api_key_env is not set")])
+    return key
+
+
+async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes]],
+                stream_error_dialect: str | None) -> Response:
+    """The client's response to an upstream answer.
+
+    `stream_error_dialect`: for chat routes, the dialect whose error event ends
+    an SSE stream the upstream broke off.
+    """
+    headers = response_headers(response.headers.raw) + extra_headers
+    length = response.headers.get("content-length")
+    if length is not None and int(length) <= WHOLE_BODY_LIMIT:
+        try:
+            body = b"".join([chunk async for chunk in response.aiter_raw()])
+        except httpx.HTTPError as exc:
+            log.warning("upstream broke off its answer: %s", type(exc).__name__)
+            raise UpstreamUnavailable("the upstream broke off its answer") from exc
+        finally:
+            await response.aclose()
+        relayed = Response(body, status_code=response.status_code)
+        relayed.raw_headers += headers
+        return relayed
+    is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
+    can_signal = is_sse and stream_error_dialect is not None and "content-encoding" not in response.headers
+    relayed = StreamingResponse(
+        _relay_chunks(response, stream_error_dialect if can_signal else None),
+        status_code=response.status_code,
+    )
+    relayed.raw_headers = headers
+    return relayed
+
+
+async def _relay_chunks(response: httpx.Response, error_dialect: str | None) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as exc:
+        log.warning("upstream broke off a stream (%s): %s", type(exc).__name__, response.request.url.path)
+        if error_dialect is None:
+            raise
+        yield stream_error_event(error_dialect, "the upstream broke off the stream")
+    finally:
+        # Shielded: on client disconnect this runs inside a cancelled scope, and
+        # the upstream connection must still be closed.
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
