@@ -151,6 +151,8 @@ def parse_config(text: str | bytes, source: str = "<string>") -> Config:
         root = etree.fromstring(data, _safe_parser())
     except etree.XMLSyntaxError as exc:
         raise ConfigError([ConfigIssue(source, exc.lineno, f"not well-formed XML: {exc.msg}")]) from exc
+    if root.getroottree().docinfo.internalDTD is not None:
+        raise ConfigError([ConfigIssue(source, 1, "a DOCTYPE (DTD or entity declarations) is not allowed")])
     if root.tag != "performance_optimization":
         raise ConfigError([ConfigIssue(source, root.sourceline,
                                        f"root element must be <performance_optimization>, not <{root.tag}>")])
