@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(config), host=host, port=port, log_level=args.log_level,
-                access_log=False, lifespan="on", timeout_graceful_shutdown=30)
+                access_log=False, proxy_headers=False, lifespan="on", timeout_graceful_shutdown=30)
     return 0
 
 

