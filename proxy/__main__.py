@@ -1,4 +1,4 @@
-"""The `ctxwarden` command: serve, validate."""
+"""The `ctxwarden` command: serve, validate, explain."""
 
 from __future__ import annotations
 
@@ -38,6 +38,32 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .app import parse_chat_body, rewrite_plan
+    from .errors import ProxyError
+    from .pipeline import explain
+
+    try:
+        config = load_config(args.config)
+        body = parse_chat_body(Path(args.file).read_bytes())
+    except ConfigError as exc:
+        print(f"ctxwarden: config refused:\n{exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ctxwarden: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ProxyError as exc:
+        print(f"ctxwarden: {args.file}: {exc.message}", file=sys.stderr)
+        return 1
+    report = explain(body, args.dialect, rewrite_plan(config.token_management, body))
+    json.dump(report, sys.stdout, indent=2, ensure_ascii=False)
+    print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxwarden", description="Token-saving reverse proxy for LLM APIs")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a config file against the schema")
     validate.add_argument("file")
     validate.set_defaults(run=_validate)
+
+    explain = commands.add_parser("explain", help="show how a chat request would be rewritten (no upstream call)")
+    explain.add_argument("file", help="a chat request body as JSON")
+    explain.add_argument("--config", help="config XML (default: the shipped default config)")
+    explain.add_argument("--dialect", default="openai", choices=["openai", "anthropic"])
+    explain.set_defaults(run=_explain)
     return parser
 
 

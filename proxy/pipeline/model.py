@@ -1,0 +1,160 @@
+"""The internal conversation model the pipeline stages work on.
+
+A request's message list becomes a tuple of :class:`Message`.  Each keeps the
+original wire dict (``wire``) so an UNCHANGED message is emitted as the very
+same object, byte for byte.  What the stages may edit is described by
+``segments``: (path, text) pairs addressing plain-text leaves inside ``wire``
+(for example ``("content",)`` or ``("content", 2, "text")``).  Editing copies
+only the containers along those paths (see :func:`with_segments`).
+
+Messages are grouped into *units*: a unit starts at every assistant message
+(and at every system/developer message, which stands alone); the user/tool
+messages that follow belong to it.  So an assistant tool call and its results
+always share a unit, and dropping whole units never orphans a call or a
+result nor breaks user/assistant alternation (Anthropic) as long as the input
+had valid structure.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..tokens import count_message_tokens
+
+Path = tuple  # tuple[str | int, ...]
+
+MARKER_PREFIX = "[ctxwarden:"
+
+TIERS = ("critical", "important", "supporting", "cache")
+
+
+@dataclass(frozen=True)
+class Message:
+    index: int                      # position in the original list; -1 for inserted markers
+    role: str                       # wire role (or "" when unknown)
+    wire: Any                       # the wire message (same object when unchanged)
+    tokens: int                     # tokens of ``wire`` as billed in its dialect
+    dialect: str = "openai"
+    text: str = ""                  # text used for scoring (content + tool-call names/args)
+    segments: tuple = ()            # ((path, text), ...) editable plain-text leaves
+    call_ids: tuple = ()            # tool-call ids this message makes
+    result_ids: tuple = ()          # tool-call ids whose results this message carries
+    opaque: bool = False            # images/documents/thinking: kept as is, never edited
+    unknown: bool = False           # unknown role/shape: critical, never touched
+    is_system: bool = False         # system/developer message (OpenAI)
+    unit: int = -1                  # unit number
+    # annotations set by the stages
+    tier: str = ""
+    hops: int | None = None
+    action: str = "kept"
+    tokens_before: int = 0
+
+
+@dataclass(frozen=True)
+class Conversation:
+    dialect: str
+    messages: tuple                 # tuple[Message, ...]
+    fixed_tokens: int               # tokens outside the message list (tools, Anthropic system, priming)
+    structure_ok: bool              # the input's roles/tool pairing are valid for the dialect
+    latest_user: int                # original index of the latest user message, or -1
+    encoding: str = ""
+    units: tuple = field(default=())  # tuple[tuple[int, ...], ...] message positions per unit
+
+    @property
+    def tokens(self) -> int:
+        return self.fixed_tokens + sum(m.tokens for m in self.messages)
+
+
+def _set_path(obj: Any, path: Path, value: Any) -> Any:
+    if not path:
+        return value
+    key = path[0]
+    if isinstance(obj, dict):
+        new = dict(obj)  # keeps key order
+    else:
+        new = list(obj)
+    new[key] = _set_path(obj[key], path[1:], value)
+    return new
+
+
+def with_segments(msg: Message, texts: tuple, encoding: str, action: str) -> Message:
+    """A copy of ``msg`` whose editable segments are replaced by ``texts``."""
+    if len(texts) != len(msg.segments):
+        raise ValueError("segment count mismatch")
+    wire = msg.wire
+    new_segments = []
+    changed = False
+    for (path, old), new in zip(msg.segments, texts):
+        if new != old:
+            wire = _set_path(wire, path, new)
+            changed = True
+        new_segments.append((path, new))
+    if not changed:
+        return msg
+    tokens = count_message_tokens(wire, msg.dialect, encoding)
+    return dataclasses.replace(
+        msg,
+        wire=wire,
+        tokens=tokens,
+        segments=tuple(new_segments),
+        text="\n".join(t for _, t in new_segments),
+        action=action,
+    )
+
+
+def assign_units(messages: list) -> list:
+    """Set ``unit`` on every message; returns the list of units (tuples of positions)."""
+    units: list[list[int]] = []
+    current: list[int] | None = None
+    current_is_system = False
+    for pos, m in enumerate(messages):
+        if m.is_system:
+            units.append([pos])
+            current = None
+            current_is_system = True
+            continue
+        if m.role == "assistant" or current is None or current_is_system:
+            current = [pos]
+            units.append(current)
+            current_is_system = False
+        else:
+            current.append(pos)
+    for u, positions in enumerate(units):
+        for pos in positions:
+            messages[pos] = dataclasses.replace(messages[pos], unit=u)
+    return [tuple(p) for p in units]
+
+
+# ------------------------------------------------------------------ terms
+
+_TERM_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:[./:-][A-Za-z0-9_]+)*|\d+(?:\.\d+)*")
+_SPLIT_RE = re.compile(r"[./:-]")
+
+
+def terms_of(text: str) -> dict:
+    """Terms (identifiers, their parts, numbers of 2+ digits) of a text -> occurrences."""
+    out: dict[str, int] = {}
+    for tok in _TERM_RE.findall(text):
+        if len(tok) < 3:
+            continue
+        out[tok] = out.get(tok, 0) + 1
+        if not tok[0].isdigit() and _SPLIT_RE.search(tok):
+            for part in _SPLIT_RE.split(tok):
+                if len(part) >= 3:
+                    out[part] = out.get(part, 0) + 1
+    return out
+
+
+def is_salient(term: str) -> bool:
+    """Structured identifiers: paths, dotted/snake/camel names, codes, long words."""
+    if term[0].isdigit():
+        return len(term) >= 3
+    if "/" in term or "." in term or "_" in term.strip("_"):
+        return len(term) >= 4
+    if any(c.isdigit() for c in term):
+        return True
+    if any(c.isupper() for c in term[1:]) and any(c.islower() for c in term):
+        return True  # camelCase / CamelCase
+    return len(term) >= 8

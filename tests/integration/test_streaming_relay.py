@@ -1,0 +1,144 @@
+"""Streams are relayed faithfully and incrementally, chunk by chunk as they arrive."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+from ._helpers import (
+    ANTHROPIC_HEADERS,
+    ANTHROPIC_MODEL,
+    OPENAI_MODEL,
+    anthropic_body,
+    openai_body,
+    parse_sse,
+)
+
+CHUNK_DELAY = 0.25
+CHUNKS = 6
+
+
+def _timed_events(client: httpx.Client, url: str, body: dict, headers: dict) -> tuple[list[float], bytes, float]:
+    """Send a streaming request; return arrival time of each SSE event, the body, and total time."""
+    start = time.monotonic()
+    arrivals: list[float] = []
+    buf = b""
+    with client.stream("POST", url, json=body, headers=headers) as r:
+        assert r.status_code == 200, r.read()
+        for chunk in r.iter_raw():
+            buf += chunk
+            n_events = buf.count(b"\n\n")
+            while len(arrivals) < n_events:
+                arrivals.append(time.monotonic() - start)
+    return arrivals, buf, time.monotonic() - start
+
+
+def _assert_incremental(arrivals: list[float], total: float) -> None:
+    # the upstream paces its events CHUNK_DELAY apart; a buffering proxy would
+    # deliver them all at the end.
+    expected_span = CHUNK_DELAY * (len(arrivals) - 1)
+    assert total >= expected_span * 0.9
+    assert arrivals[0] < CHUNK_DELAY * 2, f"first event took {arrivals[0]:.3f}s of a {total:.3f}s stream"
+    assert arrivals[0] < total / 3
+    # events keep arriving spread over the stream, not in one burst at the end
+    middle = arrivals[len(arrivals) // 2]
+    assert middle < total - CHUNK_DELAY, (arrivals, total)
+
+
+def test_openai_stream_is_incremental(proxy_url, upstream):
+    with httpx.Client(base_url=proxy_url, timeout=15) as client:
+        arrivals, body, total = _timed_events(
+            client,
+            "/v1/chat/completions",
+            openai_body("slow stream", stream=True),
+            {"x-fake-chunks": str(CHUNKS), "x-fake-chunk-delay": str(CHUNK_DELAY)},
+        )
+    assert len(arrivals) == CHUNKS + 3  # role, pieces, finish, [DONE]
+    _assert_incremental(arrivals, total)
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+def test_anthropic_stream_is_incremental(proxy_url, upstream):
+    with httpx.Client(base_url=proxy_url, timeout=15) as client:
+        arrivals, body, total = _timed_events(
+            client,
+            "/v1/messages",
+            anthropic_body("slow stream", stream=True),
+            {**ANTHROPIC_HEADERS, "x-fake-chunks": str(CHUNKS), "x-fake-chunk-delay": str(CHUNK_DELAY)},
+        )
+    assert len(arrivals) == CHUNKS + 6  # message_start, block_start, ping, deltas, block_stop, delta, stop
+    _assert_incremental(arrivals, total)
+
+
+def test_openai_sdk_receives_chunks_as_they_arrive(openai_client, upstream):
+    start = time.monotonic()
+    stream = openai_client.chat.completions.create(
+        model=OPENAI_MODEL,
+        messages=[{"role": "user", "content": "sdk timing"}],
+        stream=True,
+        extra_headers={"x-fake-chunks": str(CHUNKS), "x-fake-chunk-delay": str(CHUNK_DELAY)},
+    )
+    arrivals = [time.monotonic() - start for _ in stream]
+    total = time.monotonic() - start
+    _assert_incremental(arrivals, total)
+
+
+def test_anthropic_sdk_receives_events_as_they_arrive(anthropic_client, upstream):
+    start = time.monotonic()
+    with anthropic_client.messages.stream(
+        model=ANTHROPIC_MODEL,
+        max_tokens=64,
+        messages=[{"role": "user", "content": "sdk timing"}],
+        extra_headers={"x-fake-chunks": str(CHUNKS), "x-fake-chunk-delay": str(CHUNK_DELAY)},
+    ) as stream:
+        arrivals = [time.monotonic() - start for _ in stream.text_stream]
+    total = time.monotonic() - start
+    assert len(arrivals) == CHUNKS
+    assert arrivals[0] < total / 2
+    assert arrivals[-1] - arrivals[0] >= CHUNK_DELAY * (CHUNKS - 1) * 0.8
+
+
+def test_openai_stream_bytes_identical_to_direct(proxy_url, upstream):
+    content = json.dumps(openai_body("byte for byte", stream=True, stream_options={"include_usage": True})).encode()
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-test"}
+    with httpx.Client(timeout=15) as client:
+        direct = client.post(upstream.url + "/v1/chat/completions", content=content, headers=headers)
+        proxied = client.post(proxy_url + "/v1/chat/completions", content=content, headers=headers)
+    assert direct.status_code == proxied.status_code == 200
+    assert proxied.content == direct.content
+    assert proxied.headers["content-type"] == direct.headers["content-type"]
+    assert parse_sse(proxied.content)[-1]["data"] == "[DONE]"
+
+
+def test_anthropic_stream_bytes_identical_to_direct(proxy_url, upstream):
+    content = json.dumps(anthropic_body("byte for byte", stream=True)).encode()
+    headers = {"content-type": "application/json", **ANTHROPIC_HEADERS}
+    with httpx.Client(timeout=15) as client:
+        direct = client.post(upstream.url + "/v1/messages", content=content, headers=headers)
+        proxied = client.post(proxy_url + "/v1/messages", content=content, headers=headers)
+    assert direct.status_code == proxied.status_code == 200
+    assert proxied.content == direct.content
+
+
+def test_json_answer_bytes_and_headers_identical_to_direct(proxy_url, upstream):
+    content = json.dumps(openai_body("plain bytes")).encode()
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-test"}
+    with httpx.Client(timeout=15) as client:
+        direct = client.post(upstream.url + "/v1/chat/completions", content=content, headers=headers)
+        proxied = client.post(proxy_url + "/v1/chat/completions", content=content, headers=headers)
+    assert proxied.content == direct.content
+    for name in ("content-type", "x-request-id", "x-fake-upstream"):
+        assert proxied.headers.get(name) == direct.headers.get(name), name
+    assert int(proxied.headers["content-length"]) == len(proxied.content)
+
+
+def test_many_streams_back_to_back_on_one_connection(http, upstream):
+    for i in range(20):
+        body = openai_body(f"n{i}", stream=True) if i % 2 else anthropic_body(f"n{i}", stream=True)
+        path = "/v1/chat/completions" if i % 2 else "/v1/messages"
+        r = http.post(path, json=body, headers=ANTHROPIC_HEADERS if not i % 2 else {})
+        assert r.status_code == 200
+        assert parse_sse(r.content)
+    assert upstream.recorder.streams_completed == 20
