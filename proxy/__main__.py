@@ -42,7 +42,7 @@ def _explain(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .app import parse_chat_body, rewrite_plan
+    from .chat import parse_chat_body, rewrite_plan
     from .errors import ProxyError
     from .pipeline import explain
 
