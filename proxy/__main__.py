@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import signal
 import sys
 
 from .config import ConfigError, load_config
+from .logs import configure_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -21,9 +22,17 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(config), host=host, port=port, log_level=args.log_level,
-                access_log=False, proxy_headers=False, lifespan="on", timeout_graceful_shutdown=30)
+    level = args.log_level or config.logging.level
+    configure_logging(level, json_lines=config.logging.format == "json", requests=config.logging.requests)
+    # uvicorn re-raises the stop signal once its graceful shutdown is done,
+    # which would end the process as killed by SIGTERM; with a no-op handler
+    # of ours in place, a clean shutdown exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    # uvicorn's own log handlers would replace ours: log_config=None keeps them.
+    uvicorn.run(create_app(config, config_path=args.config), host=host, port=port, log_config=None,
+                log_level=level, access_log=False, proxy_headers=False, server_header=False, lifespan="on",
+                timeout_graceful_shutdown=config.server.grace_period)
     return 0
 
 
@@ -72,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="config XML (default: the shipped default config)")
     serve.add_argument("--host", help="listen address (overrides <server host>)")
     serve.add_argument("--port", type=int, help="listen port (overrides <server port>)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       help="overrides <logging level>")
     serve.set_defaults(run=_serve)
 
     validate = commands.add_parser("validate", help="check a config file against the schema")

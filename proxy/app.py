@@ -1,10 +1,12 @@
-"""The Starlette app: routes, error mapping, and the lifespan that owns the one
-shared upstream client."""
+"""The Starlette app: routes, admin endpoints, and the lifespan that owns the
+one shared upstream client and the config reloader."""
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
+import os
 
 import anyio
 from starlette.applications import Starlette
@@ -14,12 +16,62 @@ from starlette.routing import Route
 
 from .chat import explain_request
 from .config import Config
-from .errors import BadRequest, ProxyError, error_response
-from .gateway import Gateway, read_body
+from .errors import BadRequest, ProxyError, Unauthorized, error_response
+from .gateway import Gateway, Telemetry, read_body
+from .reload import ConfigReloader
 from .routing import dialect_of
 from .upstream import UpstreamClient
 
 log = logging.getLogger("ctxwarden")
+
+# Probes must work without the admin token; they reveal no more than up/down
+# and the reason the last reload was refused.
+OPEN_ADMIN_PATHS = frozenset({"/_ctxwarden/health", "/_ctxwarden/ready"})
+
+
+class Proxy:
+    """The running proxy: the current Gateway (swapped on reload) and what
+    outlives a reload (upstream connection pool, telemetry)."""
+
+    def __init__(self, config: Config, config_path: str | None):
+        self.telemetry = Telemetry()
+        self.config_path = config_path
+        self.client: UpstreamClient | None = None
+        self.gateway: Gateway | None = None
+        self.initial_config = config
+        self.reloader: ConfigReloader | None = None
+
+    async def start(self) -> None:
+        config = self.initial_config
+        self.client = UpstreamClient(config.server, config.upstreams)
+        self.gateway = Gateway(config, self.client, self.telemetry)
+        if self.config_path is not None:
+            self.reloader = ConfigReloader(self.config_path, self.apply, self.telemetry.metrics,
+                                           config.server.reload_interval)
+
+    def apply(self, config: Config) -> None:
+        """Make `config` the one new requests see; in-flight ones keep theirs."""
+        assert self.client is not None
+        self.client.configure(config.upstreams)
+        self.gateway = Gateway(config, self.client, self.telemetry)
+
+    @property
+    def config(self) -> Config:
+        assert self.gateway is not None
+        return self.gateway.config
+
+    def check_admin(self, request: Request) -> None:
+        env = self.config.admin.token_env
+        expected = os.environ.get(env) if env else None
+        if not expected or request.url.path in OPEN_ADMIN_PATHS:
+            return
+        given = request.headers.get("x-ctxwarden-admin-token") or ""
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:]
+        given = given or request.query_params.get("token", "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise Unauthorized("this admin endpoint needs the ctxwarden admin token")
 
 
 def _dialect_for_error(request: Request) -> str:
@@ -32,10 +84,6 @@ async def _proxy_error(request: Request, exc: Exception) -> Response:
     return error_response(exc, _dialect_for_error(request))
 
 
-async def _health(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
 def _explain_dialect(request: Request) -> str:
     requested = request.query_params.get("dialect")
     if requested in ("openai", "anthropic"):
@@ -45,34 +93,74 @@ def _explain_dialect(request: Request) -> str:
     return "anthropic" if "anthropic-version" in request.headers else "openai"
 
 
-def create_app(config: Config) -> Starlette:
-    state: dict[str, Gateway] = {}
+def create_app(config: Config, config_path: str | None = None) -> Starlette:
+    """The ASGI app. With `config_path`, the file is watched and reloaded."""
+    proxy = Proxy(config, config_path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        client = UpstreamClient(config.server, config.upstreams)
-        state["gateway"] = Gateway(config, client)
-        try:
-            yield
-        finally:
-            await client.aclose()
+        await proxy.start()
+        async with anyio.create_task_group() as tasks:
+            if proxy.reloader is not None:
+                tasks.start_soon(proxy.reloader.run)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+                assert proxy.client is not None
+                await proxy.client.aclose()
 
     async def proxied(request: Request) -> Response:
-        return await state["gateway"].handle(request)
+        assert proxy.gateway is not None
+        return await proxy.gateway.handle(request)
+
+    def admin(endpoint):
+        async def guarded(request: Request) -> Response:
+            proxy.check_admin(request)
+            return await endpoint(request)
+        return guarded
+
+    async def health(request: Request) -> Response:
+        body = {"status": "ok", "config": proxy.config.source}
+        if proxy.reloader is not None and proxy.reloader.last_error:
+            body["last_reload_error"] = proxy.reloader.last_error
+        return JSONResponse(body)
+
+    async def ready(request: Request) -> Response:
+        assert proxy.client is not None
+        problems = await proxy.client.unreachable([u for u in proxy.config.upstreams if u.check_ready])
+        if problems:
+            return JSONResponse({"status": "not ready", "unreachable": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def effective_config(request: Request) -> Response:
+        return JSONResponse(proxy.config.describe())
+
+    async def metrics(request: Request) -> Response:
+        return Response(proxy.telemetry.metrics.render(), media_type=proxy.telemetry.metrics.content_type)
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(proxy.telemetry.stats.snapshot())
 
     async def explain_endpoint(request: Request) -> Response:
-        gateway = state["gateway"]
         dialect = _explain_dialect(request)
-        raw = await read_body(request, gateway.config.server.max_body_bytes)
-        return JSONResponse(await anyio.to_thread.run_sync(explain_request, gateway.config.token_management, dialect, raw))
+        raw = await read_body(request, proxy.config.server.max_body_bytes)
+        report = await anyio.to_thread.run_sync(explain_request, proxy.config.token_management, dialect, raw)
+        return JSONResponse(report)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    return Starlette(
+    app = Starlette(
         routes=[
-            Route("/_ctxwarden/health", _health, methods=["GET"]),
-            Route("/_ctxwarden/explain", explain_endpoint, methods=["POST"]),
+            Route("/_ctxwarden/health", admin(health), methods=["GET"]),
+            Route("/_ctxwarden/ready", admin(ready), methods=["GET"]),
+            Route("/_ctxwarden/config", admin(effective_config), methods=["GET"]),
+            Route("/_ctxwarden/stats", admin(stats), methods=["GET"]),
+            Route("/_ctxwarden/explain", admin(explain_endpoint), methods=["POST"]),
+            Route("/metrics", admin(metrics), methods=["GET"]),
             Route("/{path:path}", proxied, methods=methods),
         ],
         exception_handlers={ProxyError: _proxy_error},
         lifespan=lifespan,
     )
+    app.state.proxy = proxy
+    return app

@@ -3,6 +3,7 @@ into frozen dataclasses with a default for every optional setting."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 from dataclasses import dataclass, field
@@ -84,6 +85,23 @@ class ServerSettings:
     max_body_bytes: int = 32 * 1024 * 1024
     max_connections: int = 100
     max_keepalive_connections: int = 20
+    # Seconds between checks of the config file for changes; 0 turns polling off
+    # (SIGHUP still reloads).
+    reload_interval: float = 2.0
+    grace_period: float = 30.0
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    # Environment variable holding the admin token; unset or empty: no token needed.
+    token_env: str | None = None
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "info"
+    format: str = "json"
+    requests: bool = True
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,7 @@ class Upstream:
     api_key_env: str | None = None
     model_patterns: tuple[str, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
+    check_ready: bool = False
 
     def serves_model(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, p) for p in self.model_patterns)
@@ -119,7 +138,20 @@ class Config:
     parallel_execution: ParallelExecution = field(default_factory=ParallelExecution)
     server: ServerSettings = field(default_factory=ServerSettings)
     upstreams: tuple[Upstream, ...] = DEFAULT_UPSTREAMS
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: str = "<default>"
+
+    def describe(self) -> dict:
+        """The effective config as JSON, for operators: key variables are named
+        with whether they are set, never with their values."""
+        described = dataclasses.asdict(self)
+        for upstream in described["upstreams"]:
+            env = upstream["api_key_env"]
+            upstream["api_key"] = None if env is None else ("set" if os.environ.get(env) else "unset")
+        env = self.admin.token_env
+        described["admin"]["token"] = None if env is None else ("set" if os.environ.get(env) else "unset")
+        return described
 
 
 def _package_file(name: str) -> bytes:
@@ -190,9 +222,25 @@ def _build(root: etree._Element, source: str) -> Config:
     parallel = _build_parallel(root.find("parallel_execution"))
     server = _build_server(root.find("server"))
     upstreams = _build_upstreams(root.find("upstreams"))
+    admin = root.find("admin")
+    logging_node = root.find("logging")
     if issues:
         raise ConfigError(issues)
-    return Config(tokens, parallel, server, upstreams, source)
+    return Config(tokens, parallel, server, upstreams,
+                  admin=AdminSettings(token_env=None if admin is None else admin.get("token_env")),
+                  logging=_build_logging(logging_node), source=source)
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    return default if value is None else value in ("true", "1")
+
+
+def _build_logging(node) -> LoggingSettings:
+    d = LoggingSettings()
+    if node is None:
+        return d
+    return LoggingSettings(level=node.get("level", d.level), format=node.get("format", d.format),
+                           requests=_bool(node.get("requests"), d.requests))
 
 
 def _build_token_management(node, source: str, issues: list[ConfigIssue]) -> TokenManagement:
@@ -262,6 +310,8 @@ def _build_server(node) -> ServerSettings:
         max_body_bytes=int(node.get("max_body_bytes", d.max_body_bytes)),
         max_connections=int(node.get("max_connections", d.max_connections)),
         max_keepalive_connections=int(node.get("max_keepalive_connections", d.max_keepalive_connections)),
+        reload_interval=float(node.get("reload_interval", d.reload_interval)),
+        grace_period=float(node.get("grace_period", d.grace_period)),
     )
 
 
@@ -283,5 +333,6 @@ def _build_upstreams(node) -> tuple[Upstream, ...]:
                 write=float(u.get("write_timeout", d.write)),
                 pool=float(u.get("pool_timeout", d.pool)),
             ),
+            check_ready=_bool(u.get("check_ready"), False),
         ))
     return tuple(upstreams)

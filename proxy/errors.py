@@ -25,6 +25,12 @@ class BadRequest(ProxyError):
     anthropic_type = "invalid_request_error"
 
 
+class Unauthorized(ProxyError):
+    status = 401
+    openai_type = "invalid_request_error"
+    anthropic_type = "authentication_error"
+
+
 class NotFound(ProxyError):
     status = 404
     openai_type = "invalid_request_error"

@@ -7,13 +7,19 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .chat import prepare_chat
-from .config import Config
-from .errors import NotFound, PayloadTooLarge
+from .config import Config, Upstream
+from .errors import (NotFound, PayloadTooLarge, ProxyError, UpstreamTimeout, UpstreamUnavailable,
+                     error_response)
+from .logs import log_request
+from .metrics import Metrics
+from .records import RequestRecord
 from .routing import Router, chat_dialect, dialect_of
+from .stats import LiveStats
 from .upstream import WHOLE_BODY_LIMIT, UpstreamClient, relay
 
 log = logging.getLogger("ctxwarden")
@@ -21,41 +27,92 @@ log = logging.getLogger("ctxwarden")
 # Bodies this large are counted and rewritten on a worker thread, so one huge
 # request does not stall every other request on the event loop.
 OFFLOAD_BODY_BYTES = 256 * 1024
+_ROUTES = {"openai": "chat_completions", "anthropic": "messages"}
+_UPSTREAM_ERROR_KINDS = {UpstreamUnavailable: "connect", UpstreamTimeout: "timeout"}
+
+
+class Telemetry:
+    """Where finished requests go: metrics, live stats, the request log."""
+
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+        self.stats = LiveStats()
+
+    def start(self, record: RequestRecord) -> None:
+        self.metrics.in_flight.inc()
+
+    def finish(self, record: RequestRecord) -> None:
+        record.finish()
+        self.metrics.in_flight.dec()
+        self.metrics.observe(record)
+        self.stats.observe(record)
+        log_request(record)
+
+    async def finished(self, record: RequestRecord) -> None:
+        # A coroutine, so Starlette runs it on the loop, not in a worker thread.
+        self.finish(record)
 
 
 class Gateway:
     """Everything a request needs that is derived from one config."""
 
-    def __init__(self, config: Config, client: UpstreamClient):
+    def __init__(self, config: Config, client: UpstreamClient, telemetry: Telemetry):
         self.config = config
         self.router = Router(config.upstreams)
         self.client = client
+        self.telemetry = telemetry
 
     async def handle(self, request: Request) -> Response:
         path = request.url.path
-        if not path.startswith("/v1/"):
-            raise NotFound(f"ctxwarden serves no path {path!r}; the provider APIs live under /v1/")
         dialect = chat_dialect(request.method, path)
-        if dialect is not None:
-            return await self.chat(request, dialect)
-        return await self.forward(request, dialect_of(path, "anthropic-version" in request.headers))
+        record = RequestRecord(route=_ROUTES.get(dialect, "forward"), method=request.method, path=path)
+        record.dialect = dialect or dialect_of(path, "anthropic-version" in request.headers)
+        self.telemetry.start(record)
+        try:
+            if not path.startswith("/v1/"):
+                raise NotFound(f"ctxwarden serves no path {path!r}; the provider APIs live under /v1/")
+            if dialect is not None:
+                response = await self.chat(request, dialect, record)
+            else:
+                response = await self.forward(request, record)
+        except ProxyError as exc:
+            log.info("%s %s -> %d: %s", request.method, path, exc.status, exc.message)
+            record.error_kind = _UPSTREAM_ERROR_KINDS.get(type(exc), "")
+            response = error_response(exc, record.dialect)
+        except BaseException:
+            record.status = 500
+            self.telemetry.finish(record)
+            raise
+        record.status = response.status_code
+        response.background = BackgroundTask(self.telemetry.finished, record)
+        return response
 
-    async def chat(self, request: Request, dialect: str) -> Response:
-        started = time.perf_counter()
+    async def chat(self, request: Request, dialect: str, record: RequestRecord) -> Response:
         raw = await read_body(request, self.config.server.max_body_bytes)
+        started = time.perf_counter()
         if len(raw) > OFFLOAD_BODY_BYTES:
             chat = await anyio.to_thread.run_sync(prepare_chat, self.config.token_management, dialect, raw)
         else:
             chat = prepare_chat(self.config.token_management, dialect, raw)
+        record.rewrite_seconds = time.perf_counter() - started
+        record.rewrite, record.tokens_before, record.tokens_after = chat.rewrite, chat.tokens_before, chat.tokens_after
         upstream = self.router.choose(dialect, chat.body["model"])
-        response = await self.client.send(upstream, "POST", request.url.path, request.scope["query_string"],
-                                          request.headers.raw, chat.content)
-        log.debug("chat %s -> %s %d in %.1f ms", dialect, upstream.name, response.status_code,
-                  (time.perf_counter() - started) * 1000)
-        return await relay(response, chat.headers(), stream_error_dialect=dialect)
+        response = await self._send(record, upstream, request, chat.content)
+        return await relay(response, chat.headers(), stream_error_dialect=dialect, record=record)
 
-    async def forward(self, request: Request, dialect: str) -> Response:
-        upstream = self.router.choose(dialect, None)
+    async def _send(self, record: RequestRecord, upstream: Upstream, request: Request, content,
+                    streamed_length: int | None = None):
+        record.upstream = upstream.name
+        started = time.perf_counter()
+        try:
+            return await self.client.send(upstream, request.method, request.url.path,
+                                          request.scope["query_string"], request.headers.raw,
+                                          content, streamed_length)
+        finally:
+            record.upstream_seconds = time.perf_counter() - started
+
+    async def forward(self, request: Request, record: RequestRecord) -> Response:
+        upstream = self.router.choose(record.dialect, None)
         limit = self.config.server.max_body_bytes
         declared = _declared_length(request, limit)
         if declared is not None and declared <= WHOLE_BODY_LIMIT:
@@ -64,10 +121,8 @@ class Gateway:
             content, streamed_length = None, None
         else:
             content, streamed_length = _limited(request.stream(), limit), declared
-        response = await self.client.send(upstream, request.method, request.url.path,
-                                          request.scope["query_string"], request.headers.raw,
-                                          content, streamed_length)
-        return await relay(response, [], stream_error_dialect=None)
+        response = await self._send(record, upstream, request, content, streamed_length)
+        return await relay(response, [], stream_error_dialect=None, record=record)
 
 
 def _declared_length(request: Request, limit: int) -> int | None:

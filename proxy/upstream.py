@@ -13,6 +13,7 @@ from starlette.responses import Response, StreamingResponse
 
 from .config import ConfigError, ConfigIssue, ServerSettings, Upstream
 from .errors import UpstreamTimeout, UpstreamUnavailable, stream_error_event
+from .records import RequestRecord
 
 log = logging.getLogger("ctxwarden.upstream")
 
@@ -74,12 +75,31 @@ class UpstreamClient:
             trust_env=False,
         )
         self._client = httpx.AsyncClient(transport=self._transport, timeout=None, trust_env=False)
-        self._keys = {u.name: _api_key(u) for u in upstreams}
+        self.configure(upstreams)
+
+    def configure(self, upstreams: tuple[Upstream, ...]) -> None:
+        """Take the keys and timeouts of a (re)loaded config; the pool stays."""
+        keys = {u.name: _api_key(u) for u in upstreams}
         self._timeouts = {
             u.name: httpx.Timeout(connect=u.timeouts.connect, read=u.timeouts.read,
                                   write=u.timeouts.write, pool=u.timeouts.pool).as_dict()
             for u in upstreams
         }
+        self._keys = keys
+
+    async def unreachable(self, upstreams: list[Upstream]) -> dict[str, str]:
+        """Upstreams that refuse a TCP connection now, with the reason."""
+        problems = {}
+        for upstream in upstreams:
+            url = httpx.URL(upstream.base_url)
+            port = url.port or (443 if url.scheme == "https" else 80)
+            try:
+                with anyio.fail_after(min(upstream.timeouts.connect, 2.0)):
+                    stream = await anyio.connect_tcp(url.host, port)
+                await stream.aclose()
+            except (OSError, TimeoutError) as exc:
+                problems[upstream.name] = type(exc).__name__
+        return problems
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -126,11 +146,11 @@ def _api_key(upstream: Upstream) -> str | None:
 
 
 async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes]],
-                stream_error_dialect: str | None) -> Response:
+                stream_error_dialect: str | None, record: RequestRecord | None = None) -> Response:
     """The client's response to an upstream answer.
 
     `stream_error_dialect`: for chat routes, the dialect whose error event ends
-    an SSE stream the upstream broke off.
+    an SSE stream the upstream broke off. `record` learns of a broken stream.
     """
     headers = response_headers(response.headers.raw) + extra_headers
     length = response.headers.get("content-length")
@@ -148,19 +168,22 @@ async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes
     is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
     can_signal = is_sse and stream_error_dialect is not None and "content-encoding" not in response.headers
     relayed = StreamingResponse(
-        _relay_chunks(response, stream_error_dialect if can_signal else None),
+        _relay_chunks(response, stream_error_dialect if can_signal else None, record),
         status_code=response.status_code,
     )
     relayed.raw_headers = headers
     return relayed
 
 
-async def _relay_chunks(response: httpx.Response, error_dialect: str | None) -> AsyncIterator[bytes]:
+async def _relay_chunks(response: httpx.Response, error_dialect: str | None,
+                        record: RequestRecord | None) -> AsyncIterator[bytes]:
     try:
         async for chunk in response.aiter_raw():
             yield chunk
     except httpx.HTTPError as exc:
         log.warning("upstream broke off a stream (%s): %s", type(exc).__name__, response.request.url.path)
+        if record is not None:
+            record.error_kind = "broken_stream"
         if error_dialect is None:
             raise
         yield stream_error_event(error_dialect, "the upstream broke off the stream")

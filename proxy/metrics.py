@@ -1,0 +1,67 @@
+"""Prometheus metrics, on a registry of the app's own so that several apps in
+one process (tests) never share counters.
+
+Label values are bounded: routes, dialects, status codes, cache outcomes and
+rewrite decisions are closed sets; upstream names come from the config, never
+from clients."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .records import RequestRecord
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1, 2.5, 5, 10, 30, 60, 120, 300)
+REWRITE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("ctxwarden_requests", "Requests answered",
+                                ["route", "dialect", "status", "cache"], registry=r)
+        self.tokens_before = Counter("ctxwarden_input_tokens_before", "Input tokens of chat requests as received",
+                                     ["dialect"], registry=r)
+        self.tokens_after = Counter("ctxwarden_input_tokens_after", "Input tokens of chat requests as sent upstream",
+                                    ["dialect"], registry=r)
+        self.tokens_saved = Counter("ctxwarden_tokens_saved", "Input tokens removed by the rewrite",
+                                    ["dialect"], registry=r)
+        self.rewrites = Counter("ctxwarden_rewrites", "Chat requests by rewrite decision",
+                                ["dialect", "decision"], registry=r)
+        self.rewrite_seconds = Histogram("ctxwarden_rewrite_seconds", "Time to count and rewrite a chat request",
+                                         ["dialect"], buckets=REWRITE_BUCKETS, registry=r)
+        self.upstream_seconds = Histogram("ctxwarden_upstream_seconds", "Time until the upstream's response headers",
+                                          ["upstream"], buckets=LATENCY_BUCKETS, registry=r)
+        self.request_seconds = Histogram("ctxwarden_request_seconds", "Total time until the response was sent",
+                                         ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.upstream_errors = Counter("ctxwarden_upstream_errors", "Upstream failures by kind",
+                                       ["upstream", "kind"], registry=r)
+        self.in_flight = Gauge("ctxwarden_requests_in_flight", "Requests being answered", registry=r)
+        self.parallel_tasks = Gauge("ctxwarden_parallel_tasks_in_flight", "Parallel tasks running", registry=r)
+        self.cache_backend_failures = Counter("ctxwarden_cache_backend_failures", "Cache backend operations that failed",
+                                              ["backend"], registry=r)
+        self.config_reloads = Counter("ctxwarden_config_reloads", "Config reload attempts", ["result"], registry=r)
+        self.config_last_reload_ok = Gauge("ctxwarden_config_last_reload_successful",
+                                           "1 when the last reload attempt succeeded", registry=r)
+        self.config_last_reload_ok.set(1)
+
+    def observe(self, record: RequestRecord) -> None:
+        self.requests.labels(record.route, record.dialect or "none", str(record.status), record.cache).inc()
+        self.request_seconds.labels(record.route).observe(record.total_seconds)
+        if record.upstream:
+            self.upstream_seconds.labels(record.upstream).observe(record.upstream_seconds)
+        if record.error_kind:
+            self.upstream_errors.labels(record.upstream or "none", record.error_kind).inc()
+        if record.tokens_before is not None and record.tokens_after is not None:
+            self.tokens_before.labels(record.dialect).inc(record.tokens_before)
+            self.tokens_after.labels(record.dialect).inc(record.tokens_after)
+            self.tokens_saved.labels(record.dialect).inc(record.tokens_saved)
+            self.rewrites.labels(record.dialect, record.rewrite or "none").inc()
+            self.rewrite_seconds.labels(record.dialect).observe(record.rewrite_seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

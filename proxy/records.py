@@ -1,0 +1,35 @@
+"""What one request did, filled in along its way and handed to the metrics,
+the live stats and the request log when its response has been sent."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RequestRecord:
+    route: str                      # chat_completions | messages | forward | admin
+    method: str
+    path: str
+    dialect: str = ""
+    upstream: str = ""
+    status: int = 0
+    cache: str = "bypass"           # hit | miss | bypass
+    rewrite: str = ""               # the chat rewrite decision, see chat.ChatRequest
+    tokens_before: int | None = None
+    tokens_after: int | None = None
+    error_kind: str = ""            # set when the upstream failed: connect, timeout, broken_stream
+    started: float = field(default_factory=time.perf_counter)
+    rewrite_seconds: float = 0.0
+    upstream_seconds: float = 0.0   # until the upstream's response headers
+    total_seconds: float = 0.0
+
+    def finish(self) -> None:
+        self.total_seconds = time.perf_counter() - self.started
+
+    @property
+    def tokens_saved(self) -> int:
+        if self.tokens_before is None or self.tokens_after is None:
+            return 0
+        return max(0, self.tokens_before - self.tokens_after)

@@ -1,0 +1,73 @@
+"""Hot reload: re-read the config file on SIGHUP and when it changes on disk.
+
+A valid file takes effect for new requests; a bad one is refused with file,
+line and reason in the log and on /_ctxwarden/health, and the last good
+config stays in force."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+import anyio
+
+from .config import Config, ConfigError, load_config
+from .metrics import Metrics
+
+log = logging.getLogger("ctxwarden.reload")
+
+
+def _fingerprint(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)  # follows links: a Kubernetes ConfigMap swaps a symlink
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class ConfigReloader:
+    def __init__(self, path: str, apply: Callable[[Config], None], metrics: Metrics, interval: float):
+        self.path = path
+        self.apply = apply
+        self.metrics = metrics
+        self.interval = interval
+        self.last_error: str | None = None
+        self._seen = _fingerprint(path)
+        self._wake = anyio.Event()
+
+    def reload(self) -> bool:
+        """Load and apply the file now; False (and the old config kept) if it is bad."""
+        self._seen = _fingerprint(self.path)
+        try:
+            config = load_config(self.path)
+            self.apply(config)
+        except ConfigError as exc:
+            self.last_error = str(exc)
+            self.metrics.config_reloads.labels("refused").inc()
+            self.metrics.config_last_reload_ok.set(0)
+            log.error("config reload refused, keeping the last good config: %s", exc)
+            return False
+        self.last_error = None
+        self.metrics.config_reloads.labels("applied").inc()
+        self.metrics.config_last_reload_ok.set(1)
+        log.info("config reloaded from %s", self.path)
+        return True
+
+    def request_reload(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            import asyncio
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
+        except (NotImplementedError, RuntimeError, ValueError):
+            log.info("SIGHUP reload unavailable here; watching %s for changes only", self.path)
+        while True:
+            with anyio.move_on_after(self.interval if self.interval > 0 else None):
+                await self._wake.wait()
+            woken = self._wake.is_set()
+            self._wake = anyio.Event()
+            if woken or _fingerprint(self.path) != self._seen:
+                self.reload()
