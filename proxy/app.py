@@ -4,6 +4,7 @@ one shared upstream client and the config reloader."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import logging
 import os
@@ -11,11 +12,11 @@ import os
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .chat import explain_request
-from .config import Config
+from .config import Config, package_file
 from .errors import BadRequest, ProxyError, Unauthorized, error_response
 from .gateway import Gateway, Telemetry, read_body
 from .reload import ConfigReloader
@@ -23,6 +24,12 @@ from .routing import dialect_of
 from .upstream import UpstreamClient
 
 log = logging.getLogger("ctxwarden")
+
+
+@functools.cache
+def dashboard_page() -> bytes:
+    """The dashboard: one self-contained page (inline CSS and JS, no CDN)."""
+    return package_file("dashboard.html")
 
 # Probes must work without the admin token; they reveal no more than up/down
 # and the reason the last reload was refused.
@@ -142,6 +149,9 @@ def create_app(config: Config, config_path: str | None = None) -> Starlette:
     async def stats(request: Request) -> Response:
         return JSONResponse(proxy.telemetry.stats.snapshot())
 
+    async def dashboard(request: Request) -> Response:
+        return HTMLResponse(dashboard_page())
+
     async def explain_endpoint(request: Request) -> Response:
         dialect = _explain_dialect(request)
         raw = await read_body(request, proxy.config.server.max_body_bytes)
@@ -155,6 +165,7 @@ def create_app(config: Config, config_path: str | None = None) -> Starlette:
             Route("/_ctxwarden/ready", admin(ready), methods=["GET"]),
             Route("/_ctxwarden/config", admin(effective_config), methods=["GET"]),
             Route("/_ctxwarden/stats", admin(stats), methods=["GET"]),
+            Route("/_ctxwarden/dashboard", admin(dashboard), methods=["GET"]),
             Route("/_ctxwarden/explain", admin(explain_endpoint), methods=["POST"]),
             Route("/metrics", admin(metrics), methods=["GET"]),
             Route("/{path:path}", proxied, methods=methods),

@@ -154,7 +154,7 @@ class Config:
         return described
 
 
-def _package_file(name: str) -> bytes:
+def package_file(name: str) -> bytes:
     return resources.files("proxy").joinpath("defaults", name).read_bytes()
 
 
@@ -164,7 +164,7 @@ _schema: etree.XMLSchema | None = None
 def _load_schema() -> etree.XMLSchema:
     global _schema
     if _schema is None:
-        _schema = etree.XMLSchema(etree.fromstring(_package_file(SCHEMA_NAME), _safe_parser()))
+        _schema = etree.XMLSchema(etree.fromstring(package_file(SCHEMA_NAME), _safe_parser()))
     return _schema
 
 
@@ -178,7 +178,7 @@ def _safe_parser() -> etree.XMLParser:
 
 
 def default_config_text() -> bytes:
-    return _package_file(DEFAULT_CONFIG_NAME)
+    return package_file(DEFAULT_CONFIG_NAME)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
