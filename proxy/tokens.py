@@ -46,6 +46,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import math
 import struct
 import threading
@@ -86,13 +87,25 @@ _enc_lock = threading.Lock()
 
 
 def get_encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:
-    """Load a tiktoken encoding once and cache it."""
+    """Load a tiktoken encoding once and cache it.
+
+    An encoding that cannot be loaded (unknown name, or one tiktoken would have
+    to download, e.g. ``o200k_base`` with no network) falls back to
+    ``DEFAULT_ENCODING`` with a logged warning, so counting never fails.
+    """
     enc = _encodings.get(name)
     if enc is None:
         with _enc_lock:
             enc = _encodings.get(name)
             if enc is None:
-                enc = tiktoken.get_encoding(name)
+                try:
+                    enc = tiktoken.get_encoding(name)
+                except Exception:  # noqa: BLE001 - ValueError, network errors...
+                    if name == DEFAULT_ENCODING:
+                        raise
+                    logging.getLogger(__name__).warning(
+                        "tiktoken encoding %r unavailable; counting with %r instead", name, DEFAULT_ENCODING)
+                    enc = tiktoken.get_encoding(DEFAULT_ENCODING)
                 _encodings[name] = enc
     return enc
 

@@ -123,9 +123,15 @@ def rewrite_request(body: dict, dialect: str, plan: RewritePlan, *, force: bool 
     report = _report(messages, out)
 
     original = body["messages"]
-    if len(out) == len(original) and all(m.wire is w for m, w in zip(out, original)):
+    unchanged = len(out) == len(original) and all(m.wire is w for m, w in zip(out, original))
+    if unchanged and tokens_before <= plan.budget:
         return _unchanged(body, tokens_before, critical, report=report)
-    if tokens_after > plan.budget:
+    if unchanged or tokens_after > plan.budget:
+        if not conv.structure_ok:
+            return _unchanged(body, tokens_before, critical, report=report,
+                              warning=(f"passed through unchanged: its message order / tool-call pairing is not "
+                                       f"valid for the {dialect} dialect, so no message could be dropped, and "
+                                       f"compression alone leaves {tokens_after} tokens (budget {plan.budget})"))
         return _unchanged(body, tokens_before, critical, report=report,
                           warning=(f"passed through unchanged: could not bring the request under the budget "
                                    f"of {plan.budget} tokens without touching its critical part "

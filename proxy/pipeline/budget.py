@@ -23,6 +23,7 @@ from .plan import RewritePlan
 from .prune import is_dropped
 
 TIER_ORDER = ("important", "supporting", "cache")
+RECENCY_DECAY = 0.0   # supporting priority: relevance to the focus, discounted by age in units
 
 
 def _dialect(name: str):
@@ -104,9 +105,10 @@ def budget(messages: tuple, plan: RewritePlan, fixed_tokens: int = 0, dialect: s
             return (0 if u == anchor else 1, -u)
         if tier == "supporting":
             text = "\n".join(work[i].text for i in units[u])
-            return (-relevance(text, weights), -u)
+            return (-relevance(text, weights) / (1.0 + RECENCY_DECAY * (max_unit - u)), -u)
         return (0, -u)
 
+    max_unit = max(units) if units else 0
     kept_units: list[int] = []
     dropped_units: list[int] = []
     used_by_tier = {}
@@ -121,7 +123,7 @@ def budget(messages: tuple, plan: RewritePlan, fixed_tokens: int = 0, dialect: s
                 kept_units.append(u)
                 continue
             fitted = False
-            for level in ("heavy", "minimal"):
+            for level in ("light", "heavy", "minimal"):
                 squeezed = {i: compress_message(work[i], level, weights, plan.encoding) for i in units[u]}
                 t2 = _unit_tokens(squeezed.values())
                 if t2 < t and used + t2 <= cap:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from functools import lru_cache
 
-from .model import MARKER_PREFIX, terms_of
+from .model import MARKER_PREFIX, cached_terms
 from .plan import RewritePlan
 from .prune import hop_distances
 
@@ -83,9 +82,7 @@ def classify(messages: tuple, plan: RewritePlan) -> tuple:
     return tuple(out), {"stage": "classify", "messages_per_tier": counts}
 
 
-@lru_cache(maxsize=8192)
-def _terms(text: str) -> dict:
-    return terms_of(text)
+_terms = cached_terms
 
 
 def document_frequencies(messages) -> tuple[dict, int]:

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import re
 import zlib
+from functools import lru_cache
 
 from .classify import focus_terms
 from .model import MARKER_PREFIX, Message, with_segments
@@ -28,24 +29,29 @@ from .plan import RewritePlan
 
 _ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _CR_LINE_RE = re.compile(r"[^\n]*\r(?!\n)")
-_TRAILING_WS_RE = re.compile(r"[ \t]+(?=\n|$)")
+_TRAILING_WS_RE = re.compile(r"[ \t]+$", re.MULTILINE)
 _BLANK_RUN_RE = re.compile(r"\n{3,}")
 _INNER_WS_RE = re.compile(r"(?<=\S)[ \t]{2,}(?=\S)")
 _LINE_TERM_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d{2,}")
 
 # per level: (min lines before trimming, head, tail, relevant lines cap, relevant share, max chars per line)
 LEVELS = {
+    "lossless": (10**9, 0, 0, 0, 0.0, 4000),
     "light": (80, 25, 25, 40, 0.25, 1200),
     "heavy": (16, 3, 3, 24, 0.08, 400),
     "minimal": (8, 2, 2, 6, 0.0, 200),
 }
 
+IMPORTANT_LEVEL = "lossless"
+ASSISTANT_LEVEL = "light"
+RECENT_SUPPORTING_FACTOR = 0
 DEDUP_MIN_CHARS = 300
 NEAR_MIN_LINES = 8
 NEAR_CONTAINMENT = 0.7
 NEAR_MAX_UNIQUE = 40
 
 
+@lru_cache(maxsize=4096)
 def fold_text(text: str) -> str:
     """Strip ANSI codes, collapse CR progress lines, fold whitespace runs."""
     if "\x1b" in text:
@@ -83,13 +89,8 @@ def _cut_line(line: str, max_chars: int) -> str:
 def _line_score(line: str, weights: dict) -> float:
     if not weights:
         return 0.0
-    seen = set()
-    score = 0.0
-    for t in _LINE_TERM_RE.findall(line):
-        if t not in seen:
-            seen.add(t)
-            score += weights.get(t, 0.0)
-    return score
+    get = weights.get
+    return sum([get(t, 0.0) for t in dict.fromkeys(_LINE_TERM_RE.findall(line))])
 
 
 def select_lines(text: str, weights: dict, level: str) -> str:
@@ -227,11 +228,20 @@ def compress(messages: tuple, plan: RewritePlan, weights: dict | None = None) ->
     _dedupe(work, counters, plan.encoding)
     out = []
     before = sum(m.tokens for m in messages if m.action not in ("pruned", "dropped"))
+    # recency rank of supporting units: the nearer ones are trimmed lightly, older ones hard
+    supporting_units = sorted({m.unit for m in work if m.tier == "supporting"}, reverse=True)
+    recent_rank = {u: r for r, u in enumerate(supporting_units)}
+    near = RECENT_SUPPORTING_FACTOR * max(1, plan.pruning_distance)
     for m in work:
         if m.action in ("pruned", "dropped") or m.tier == "critical":
             out.append(m)
             continue
-        level = "light" if m.tier in ("important", "cache") else "heavy"
+        if m.tier in ("important", "cache"):
+            level = IMPORTANT_LEVEL
+        elif m.role == "assistant" or recent_rank.get(m.unit, near) < near:
+            level = ASSISTANT_LEVEL   # the agent's own reasoning and code: what it recalls most
+        else:
+            level = "heavy"
         out.append(compress_message(m, level, weights, plan.encoding))
     after = sum(m.tokens for m in out if m.action not in ("pruned", "dropped"))
     return tuple(out), {"stage": "compress", "duplicates": counters["exact"],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,17 +135,24 @@ _SPLIT_RE = re.compile(r"[./:-]")
 
 
 def terms_of(text: str) -> dict:
-    """Terms (identifiers, their parts, numbers of 2+ digits) of a text -> occurrences."""
+    """Distinct terms (identifiers, their parts, numbers of 3+ digits) of a text, in
+    first-seen order (a dict used as an ordered set)."""
     out: dict[str, int] = {}
-    for tok in _TERM_RE.findall(text):
+    for tok in dict.fromkeys(_TERM_RE.findall(text)):
         if len(tok) < 3:
             continue
-        out[tok] = out.get(tok, 0) + 1
+        out[tok] = 1
         if not tok[0].isdigit() and _SPLIT_RE.search(tok):
             for part in _SPLIT_RE.split(tok):
                 if len(part) >= 3:
-                    out[part] = out.get(part, 0) + 1
+                    out[part] = 1
     return out
+
+
+@lru_cache(maxsize=16384)
+def cached_terms(text: str) -> dict:
+    """Memoised :func:`terms_of` (callers must not mutate the result)."""
+    return terms_of(text)
 
 
 def is_salient(term: str) -> bool:

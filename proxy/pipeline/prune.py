@@ -13,13 +13,13 @@ import dataclasses
 from collections import deque
 from functools import lru_cache
 
-from .model import Message, is_salient, terms_of
+from .model import Message, cached_terms, is_salient
 from .plan import RewritePlan
 
 
 @lru_cache(maxsize=8192)
 def _salient_terms(text: str) -> tuple:
-    return tuple(t for t in terms_of(text) if is_salient(t))
+    return tuple(t for t in cached_terms(text) if is_salient(t))
 
 
 def unit_terms(messages) -> dict:
