@@ -1,0 +1,36 @@
+"""Response cache: keys, backends (memory, Redis), stored answers, SSE record/replay, coalescing.
+
+The Redis backend lives in :mod:`proxy.cache.redis` and is imported only when
+configured (the ``redis`` package is an optional dependency).
+"""
+
+from proxy.cache.backend import CacheBackend, NullCache
+from proxy.cache.coalesce import Broadcast, InFlight, LeaderCancelled, Subscriber
+from proxy.cache.entry import CachedAnswer
+from proxy.cache.keys import (
+    answer_headers,
+    checkpoint_key,
+    credential_fingerprint,
+    is_cacheable_request,
+    response_cache_key,
+)
+from proxy.cache.memory import MemoryCache
+from proxy.cache.sse import StreamRecorder, replay_sse
+
+__all__ = [
+    "Broadcast",
+    "CacheBackend",
+    "CachedAnswer",
+    "InFlight",
+    "LeaderCancelled",
+    "MemoryCache",
+    "NullCache",
+    "StreamRecorder",
+    "Subscriber",
+    "answer_headers",
+    "checkpoint_key",
+    "credential_fingerprint",
+    "is_cacheable_request",
+    "replay_sse",
+    "response_cache_key",
+]

@@ -1,0 +1,218 @@
+"""In-flight coalescing: one upstream call for identical concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.cache.coalesce import Broadcast, InFlight, LeaderCancelled, Subscriber
+
+HEADERS = [(b"content-type", b"text/event-stream")]
+CHUNKS = [b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n"]
+
+
+class Upstream:
+    """A fake upstream call: counts calls, streams CHUNKS with pauses, can fail."""
+
+    def __init__(self, fail_with: BaseException | None = None, fail_after: int = 1, pause: float = 0.01) -> None:
+        self.calls = 0
+        self.fail_with = fail_with
+        self.fail_after = fail_after
+        self.pause = pause
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def stream(self):
+        self.calls += 1
+        await self.gate.wait()
+        for i, chunk in enumerate(CHUNKS):
+            if self.fail_with is not None and i == self.fail_after:
+                raise self.fail_with
+            await asyncio.sleep(self.pause)
+            yield chunk
+
+
+async def request(inflight: InFlight, key: str, upstream: Upstream, log: list[str] | None = None) -> tuple[int, list, bytes]:
+    """What the proxy does for one request: lead and relay, or follow."""
+    entry = inflight.join(key)
+    if isinstance(entry, Broadcast):
+        if log is not None:
+            log.append("leader")
+        got = []
+        async with entry:
+            entry.start(200, HEADERS)
+            async for chunk in upstream.stream():
+                entry.publish(chunk)
+                got.append(chunk)
+            entry.finish()
+        return 200, HEADERS, b"".join(got)
+    assert isinstance(entry, Subscriber)
+    if log is not None:
+        log.append("follower")
+    status, headers = await entry.head()
+    return status, headers, b"".join([c async for c in entry])
+
+
+async def test_fifty_concurrent_calls_make_one_upstream_call() -> None:
+    inflight, upstream, log = InFlight(), Upstream(), []
+    upstream.gate.clear()
+    tasks = [asyncio.create_task(request(inflight, "k", upstream, log)) for _ in range(50)]
+    await asyncio.sleep(0.01)
+    upstream.gate.set()
+    results = await asyncio.gather(*tasks)
+    assert upstream.calls == 1
+    assert log.count("leader") == 1 and log.count("follower") == 49
+    assert inflight.coalesced == 49
+    assert all(r == (200, HEADERS, b"".join(CHUNKS)) for r in results)
+    assert "k" not in inflight and len(inflight) == 0
+
+
+async def test_late_follower_gets_everything_from_the_beginning_in_order() -> None:
+    inflight, upstream = InFlight(), Upstream(pause=0.02)
+    leader = asyncio.create_task(request(inflight, "k", upstream))
+    await asyncio.sleep(0.05)  # the leader has published some chunks already
+    entry = inflight.join("k")
+    assert isinstance(entry, Subscriber)
+    seen = []
+    async for chunk in entry:
+        seen.append(chunk)
+    assert seen == CHUNKS
+    await leader
+    assert upstream.calls == 1
+
+
+async def test_streaming_follower_receives_chunks_as_they_arrive() -> None:
+    inflight = InFlight()
+    leader = inflight.join("k")
+    assert isinstance(leader, Broadcast)
+    follower = inflight.join("k")
+    received: list[bytes] = []
+
+    async def consume() -> None:
+        async for chunk in follower:
+            received.append(chunk)
+
+    task = asyncio.create_task(consume())
+    leader.start(200, HEADERS)
+    leader.publish(b"one")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert received == [b"one"]  # before the leader finished
+    leader.publish(b"two")
+    leader.finish()
+    await task
+    assert received == [b"one", b"two"]
+
+
+async def test_leader_failure_propagates_and_next_call_leads_again() -> None:
+    inflight = InFlight()
+    boom = ConnectionError("upstream reset")
+    failing = Upstream(fail_with=boom, fail_after=1)
+    failing.gate.clear()
+    tasks = [asyncio.create_task(request(inflight, "k", failing)) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    failing.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert failing.calls == 1
+    assert all(r is boom for r in results)
+    assert "k" not in inflight
+
+    healthy = Upstream()
+    assert await request(inflight, "k", healthy) == (200, HEADERS, b"".join(CHUNKS))
+    assert healthy.calls == 1
+
+
+async def test_follower_sees_chunks_published_before_the_failure() -> None:
+    inflight = InFlight()
+    leader = inflight.join("k")
+    follower = inflight.join("k")
+    leader.start(200, HEADERS)
+    leader.publish(b"first")
+    leader.fail(TimeoutError("read timeout"))
+    seen = []
+    with pytest.raises(TimeoutError):
+        async for chunk in follower:
+            seen.append(chunk)
+    assert seen == [b"first"]
+
+
+async def test_failure_before_start_raises_from_head() -> None:
+    inflight = InFlight()
+    leader = inflight.join("k")
+    follower = inflight.join("k")
+    waiter = asyncio.create_task(follower.head())
+    await asyncio.sleep(0)
+    leader.fail(ValueError("bad"))
+    with pytest.raises(ValueError):
+        await waiter
+    with pytest.raises(ValueError):
+        await follower.body()
+
+
+async def test_error_status_is_shared_as_is() -> None:
+    inflight = InFlight()
+    leader = inflight.join("k")
+    follower = inflight.join("k")
+    leader.start(429, [(b"retry-after", b"1")])
+    leader.publish(b'{"error":{"type":"rate_limit"}}')
+    leader.finish()
+    assert await follower.head() == (429, [(b"retry-after", b"1")])
+    assert await follower.body() == b'{"error":{"type":"rate_limit"}}'
+
+
+async def test_leader_cancellation_does_not_leave_followers_hanging() -> None:
+    inflight, upstream = InFlight(), Upstream()
+    upstream.gate.clear()  # the upstream never answers
+    leader = asyncio.create_task(request(inflight, "k", upstream))
+    await asyncio.sleep(0.01)
+    followers = [asyncio.create_task(request(inflight, "k", upstream)) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    leader.cancel()  # the leader's client went away
+    results = await asyncio.wait_for(asyncio.gather(*followers, return_exceptions=True), timeout=2)
+    assert all(isinstance(r, LeaderCancelled) for r in results)
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    assert "k" not in inflight
+    # a follower that has sent nothing yet may retry: it becomes the new leader
+    upstream.gate.set()
+    assert await request(inflight, "k", upstream) == (200, HEADERS, b"".join(CHUNKS))
+    assert upstream.calls == 2
+
+
+async def test_leader_leaving_without_finish_fails_followers() -> None:
+    inflight = InFlight()
+    leader = inflight.join("k")
+    follower = inflight.join("k")
+    async with leader:
+        leader.start(200, HEADERS)
+    with pytest.raises(RuntimeError):
+        await follower.body()
+    assert "k" not in inflight
+
+
+async def test_keys_are_independent_and_released_on_finish() -> None:
+    inflight = InFlight()
+    a = inflight.join("a")
+    b = inflight.join("b")
+    assert isinstance(a, Broadcast) and isinstance(b, Broadcast)
+    a.start(200, HEADERS)
+    a.finish()
+    assert isinstance(inflight.join("a"), Broadcast)  # released: a new leader
+    assert isinstance(inflight.join("b"), Subscriber)
+
+
+async def test_misuse_is_refused() -> None:
+    leader = InFlight().join("k")
+    with pytest.raises(RuntimeError):
+        leader.publish(b"x")  # before start
+    with pytest.raises(RuntimeError):
+        leader.finish()
+    leader.start(200, HEADERS)
+    with pytest.raises(RuntimeError):
+        leader.start(200, HEADERS)
+    leader.finish()
+    with pytest.raises(RuntimeError):
+        leader.publish(b"late")
+    leader.fail(ValueError("ignored after finish"))
+    assert leader.error is None
