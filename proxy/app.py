@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from .caching import ResponseCache, make_backend
 from .chat import explain_request
 from .config import Config, package_file
 from .errors import BadRequest, ProxyError, Unauthorized, error_response
@@ -44,6 +45,7 @@ class Proxy:
         self.telemetry = Telemetry()
         self.config_path = config_path
         self.client: UpstreamClient | None = None
+        self.cache: ResponseCache | None = None
         self.gateway: Gateway | None = None
         self.initial_config = config
         self.reloader: ConfigReloader | None = None
@@ -51,7 +53,9 @@ class Proxy:
     async def start(self) -> None:
         config = self.initial_config
         self.client = UpstreamClient(config.server, config.upstreams)
-        self.gateway = Gateway(config, self.client, self.telemetry)
+        self.cache = ResponseCache(make_backend(config.cache), config.cache.ttl)
+        self.telemetry.metrics.watch_cache_backend(self.cache.backend)
+        self.gateway = Gateway(config, self.client, self.telemetry, self.cache)
         if self.config_path is not None:
             self.reloader = ConfigReloader(self.config_path, self.apply, self.telemetry.metrics,
                                            config.server.reload_interval)
@@ -60,7 +64,7 @@ class Proxy:
         """Make `config` the one new requests see; in-flight ones keep theirs."""
         assert self.client is not None
         self.client.configure(config.upstreams)
-        self.gateway = Gateway(config, self.client, self.telemetry)
+        self.gateway = Gateway(config, self.client, self.telemetry, self.cache)
 
     @property
     def config(self) -> Config:
@@ -114,8 +118,9 @@ def create_app(config: Config, config_path: str | None = None) -> Starlette:
                 yield
             finally:
                 tasks.cancel_scope.cancel()
-                assert proxy.client is not None
+                assert proxy.client is not None and proxy.cache is not None
                 await proxy.client.aclose()
+                await proxy.cache.backend.close()
 
     async def proxied(request: Request) -> Response:
         assert proxy.gateway is not None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from .cache.redis import redact_url
 from .tokens import DEFAULT_ENCODING
 
 DEFAULT_CONFIG_NAME = "performance.xml"
@@ -92,6 +93,26 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    enabled: bool = True
+    backend: str = "memory"
+    ttl: float = 3600.0
+    max_entries: int = 10_000
+    max_bytes: int = 256 * 1024 * 1024
+    # Cache answers of sampled requests (temperature > 0 or unset) too.
+    cache_sampled: bool = False
+    redis_url: str | None = None
+    redis_url_env: str | None = None
+    key_prefix: str = "ctxwarden:"
+    redis_timeout: float = 0.5
+
+    def resolved_redis_url(self) -> str | None:
+        if self.redis_url_env:
+            return os.environ.get(self.redis_url_env) or self.redis_url
+        return self.redis_url
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     # Environment variable holding the admin token; unset or empty: no token needed.
     token_env: str | None = None
@@ -140,6 +161,7 @@ class Config:
     upstreams: tuple[Upstream, ...] = DEFAULT_UPSTREAMS
     admin: AdminSettings = field(default_factory=AdminSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     source: str = "<default>"
 
     def describe(self) -> dict:
@@ -151,6 +173,8 @@ class Config:
             upstream["api_key"] = None if env is None else ("set" if os.environ.get(env) else "unset")
         env = self.admin.token_env
         described["admin"]["token"] = None if env is None else ("set" if os.environ.get(env) else "unset")
+        url = self.cache.resolved_redis_url()
+        described["cache"]["redis_url"] = None if url is None else redact_url(url)
         return described
 
 
@@ -224,11 +248,33 @@ def _build(root: etree._Element, source: str) -> Config:
     upstreams = _build_upstreams(root.find("upstreams"))
     admin = root.find("admin")
     logging_node = root.find("logging")
+    cache = _build_cache(root.find("cache"), source, issues)
     if issues:
         raise ConfigError(issues)
     return Config(tokens, parallel, server, upstreams,
                   admin=AdminSettings(token_env=None if admin is None else admin.get("token_env")),
-                  logging=_build_logging(logging_node), source=source)
+                  logging=_build_logging(logging_node), cache=cache, source=source)
+
+
+def _build_cache(node, source: str, issues: list[ConfigIssue]) -> CacheSettings:
+    d = CacheSettings()
+    if node is None:
+        return d
+    cache = CacheSettings(
+        enabled=_bool(node.get("enabled"), d.enabled),
+        backend=node.get("backend", d.backend),
+        ttl=float(node.get("ttl", d.ttl)),
+        max_entries=int(node.get("max_entries", d.max_entries)),
+        max_bytes=int(node.get("max_bytes", d.max_bytes)),
+        cache_sampled=_bool(node.get("cache_sampled"), d.cache_sampled),
+        redis_url=node.get("redis_url"),
+        redis_url_env=node.get("redis_url_env"),
+        key_prefix=node.get("key_prefix", d.key_prefix),
+        redis_timeout=float(node.get("redis_timeout", d.redis_timeout)),
+    )
+    if cache.backend == "redis" and not (cache.redis_url or cache.redis_url_env):
+        issues.append(ConfigIssue(source, node.sourceline, "backend=\"redis\" needs redis_url or redis_url_env"))
+    return cache
 
 
 def _bool(value: str | None, default: bool) -> bool:

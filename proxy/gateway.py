@@ -11,6 +11,8 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .cache import Subscriber
+from .caching import CACHE_HEADER, ResponseCache, follow, request_policy
 from .chat import prepare_chat
 from .config import Config, Upstream
 from .errors import (NotFound, PayloadTooLarge, ProxyError, UpstreamTimeout, UpstreamUnavailable,
@@ -20,7 +22,7 @@ from .metrics import Metrics
 from .records import RequestRecord
 from .routing import Router, chat_dialect, dialect_of
 from .stats import LiveStats
-from .upstream import WHOLE_BODY_LIMIT, UpstreamClient, relay
+from .upstream import CLIENT_GONE, WHOLE_BODY_LIMIT, UpstreamClient, relay
 
 log = logging.getLogger("ctxwarden")
 
@@ -56,11 +58,12 @@ class Telemetry:
 class Gateway:
     """Everything a request needs that is derived from one config."""
 
-    def __init__(self, config: Config, client: UpstreamClient, telemetry: Telemetry):
+    def __init__(self, config: Config, client: UpstreamClient, telemetry: Telemetry, cache: ResponseCache):
         self.config = config
         self.router = Router(config.upstreams)
         self.client = client
         self.telemetry = telemetry
+        self.cache = cache
 
     async def handle(self, request: Request) -> Response:
         path = request.url.path
@@ -84,8 +87,15 @@ class Gateway:
             self.telemetry.finish(record)
             raise
         record.status = response.status_code
-        response.background = BackgroundTask(self.telemetry.finished, record)
+        response.background = BackgroundTask(self._finished, record)
         return response
+
+    async def _finished(self, record: RequestRecord) -> None:
+        if record.tap is not None:
+            # Normally ended by the relay already; this catches a stream whose
+            # body was never iterated, so coalesced followers are not left waiting.
+            await record.tap.end(CLIENT_GONE)
+        self.telemetry.finish(record)
 
     async def chat(self, request: Request, dialect: str, record: RequestRecord) -> Response:
         raw = await read_body(request, self.config.server.max_body_bytes)
@@ -97,8 +107,29 @@ class Gateway:
         record.rewrite_seconds = time.perf_counter() - started
         record.rewrite, record.tokens_before, record.tokens_after = chat.rewrite, chat.tokens_before, chat.tokens_after
         upstream = self.router.choose(dialect, chat.body["model"])
-        response = await self._send(record, upstream, request, chat.content)
-        return await relay(response, chat.headers(), stream_error_dialect=dialect, record=record)
+        extra = chat.headers()
+        policy = request_policy(self.config.cache, upstream.name, request.url.path, chat.body,
+                                request.headers.raw, request.headers.get("cache-control", ""))
+        if policy.key is None:
+            record.cache = "bypass"
+            response = await self._send(record, upstream, request, chat.content)
+            return await relay(response, extra + [(CACHE_HEADER, b"bypass")], dialect, record)
+        hit = await self.cache.lookup(policy, dialect, extra)
+        if hit is not None:
+            record.cache = "hit"
+            return hit
+        entry = self.cache.join(policy)
+        if isinstance(entry, Subscriber):
+            record.cache = "hit"
+            return await follow(entry, dialect, policy.stream, extra)
+        record.cache = "miss"
+        record.tap = self.cache.tap(policy, dialect, entry)
+        try:
+            response = await self._send(record, upstream, request, chat.content)
+        except BaseException as exc:
+            await record.tap.end(exc if isinstance(exc, Exception) else CLIENT_GONE)
+            raise
+        return await relay(response, extra + [(CACHE_HEADER, b"miss")], dialect, record, record.tap)
 
     async def _send(self, record: RequestRecord, upstream: Upstream, request: Request, content,
                     streamed_length: int | None = None):

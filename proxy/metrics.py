@@ -8,7 +8,9 @@ from clients."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from .records import RequestRecord
 
@@ -42,8 +44,8 @@ class Metrics:
                                        ["upstream", "kind"], registry=r)
         self.in_flight = Gauge("ctxwarden_requests_in_flight", "Requests being answered", registry=r)
         self.parallel_tasks = Gauge("ctxwarden_parallel_tasks_in_flight", "Parallel tasks running", registry=r)
-        self.cache_backend_failures = Counter("ctxwarden_cache_backend_failures", "Cache backend operations that failed",
-                                              ["backend"], registry=r)
+        self._cache_backends: list = []
+        r.register(_CacheBackendCollector(self._cache_backends))
         self.config_reloads = Counter("ctxwarden_config_reloads", "Config reload attempts", ["result"], registry=r)
         self.config_last_reload_ok = Gauge("ctxwarden_config_last_reload_successful",
                                            "1 when the last reload attempt succeeded", registry=r)
@@ -63,5 +65,21 @@ class Metrics:
             self.rewrites.labels(record.dialect, record.rewrite or "none").inc()
             self.rewrite_seconds.labels(record.dialect).observe(record.rewrite_seconds)
 
+    def watch_cache_backend(self, backend) -> None:
+        """Export a cache backend's own failure count (Redis keeps one)."""
+        self._cache_backends.append(backend)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CacheBackendCollector(Collector):
+    def __init__(self, backends: list):
+        self._backends = backends
+
+    def collect(self):
+        family = CounterMetricFamily("ctxwarden_cache_backend_failures", "Cache backend operations that failed",
+                                     labels=["backend"])
+        for backend in self._backends:
+            family.add_metric([backend.name], getattr(backend, "failures", 0))
+        yield family

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -24,6 +25,7 @@ class RequestRecord:
     rewrite_seconds: float = 0.0
     upstream_seconds: float = 0.0   # until the upstream's response headers
     total_seconds: float = 0.0
+    tap: Any = None                 # the cache tap of a cached miss, ended when the response is done
 
     def finish(self) -> None:
         self.total_seconds = time.perf_counter() - self.started

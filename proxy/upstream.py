@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Iterable
+from typing import Protocol
 
 import anyio
 import httpx
@@ -145,43 +146,69 @@ def _api_key(upstream: Upstream) -> str | None:
     return key
 
 
+class RelayTap(Protocol):
+    """Sees an answer as it is relayed: the cache records it, followers of a
+    coalesced request receive it."""
+
+    def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def chunk(self, data: bytes) -> None: ...
+
+    async def end(self, error: Exception | None) -> None: ...
+
+
 async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes]],
-                stream_error_dialect: str | None, record: RequestRecord | None = None) -> Response:
+                stream_error_dialect: str | None, record: RequestRecord | None = None,
+                tap: RelayTap | None = None) -> Response:
     """The client's response to an upstream answer.
 
     `stream_error_dialect`: for chat routes, the dialect whose error event ends
     an SSE stream the upstream broke off. `record` learns of a broken stream.
     """
-    headers = response_headers(response.headers.raw) + extra_headers
+    upstream_headers = response_headers(response.headers.raw)
     length = response.headers.get("content-length")
     if length is not None and int(length) <= WHOLE_BODY_LIMIT:
         try:
             body = b"".join([chunk async for chunk in response.aiter_raw()])
         except httpx.HTTPError as exc:
             log.warning("upstream broke off its answer: %s", type(exc).__name__)
-            raise UpstreamUnavailable("the upstream broke off its answer") from exc
+            error = UpstreamUnavailable("the upstream broke off its answer")
+            if tap is not None:
+                await tap.end(error)
+            raise error from exc
         finally:
             await response.aclose()
+        if tap is not None:
+            tap.start(response.status_code, upstream_headers)
+            tap.chunk(body)
+            await tap.end(None)
         relayed = Response(body, status_code=response.status_code)
-        relayed.raw_headers += headers
+        relayed.raw_headers += upstream_headers + extra_headers
         return relayed
     is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
     can_signal = is_sse and stream_error_dialect is not None and "content-encoding" not in response.headers
+    if tap is not None:
+        tap.start(response.status_code, upstream_headers)
     relayed = StreamingResponse(
-        _relay_chunks(response, stream_error_dialect if can_signal else None, record),
+        _relay_chunks(response, stream_error_dialect if can_signal else None, record, tap),
         status_code=response.status_code,
     )
-    relayed.raw_headers = headers
+    relayed.raw_headers = upstream_headers + extra_headers
     return relayed
 
 
 async def _relay_chunks(response: httpx.Response, error_dialect: str | None,
-                        record: RequestRecord | None) -> AsyncIterator[bytes]:
+                        record: RequestRecord | None, tap: RelayTap | None) -> AsyncIterator[bytes]:
+    error: Exception | None = CLIENT_GONE
     try:
         async for chunk in response.aiter_raw():
+            if tap is not None:
+                tap.chunk(chunk)
             yield chunk
+        error = None
     except httpx.HTTPError as exc:
         log.warning("upstream broke off a stream (%s): %s", type(exc).__name__, response.request.url.path)
+        error = UpstreamUnavailable("the upstream broke off the stream")
         if record is not None:
             record.error_kind = "broken_stream"
         if error_dialect is None:
@@ -192,3 +219,9 @@ async def _relay_chunks(response: httpx.Response, error_dialect: str | None,
         # the upstream connection must still be closed.
         with anyio.CancelScope(shield=True):
             await response.aclose()
+            if tap is not None:
+                await tap.end(error)
+
+
+# What a tap's followers learn when the leader's own client went away.
+CLIENT_GONE = UpstreamUnavailable("the request that was fetching this answer was cancelled")
