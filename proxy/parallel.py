@@ -83,7 +83,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import re
 import time
 from collections import deque
@@ -334,14 +333,20 @@ def parse_task_graph(body: Any, max_tasks: int, *, extra_fields: Collection[str]
         raise TaskGraphError(f"dependency cycle: {path}", task_id=cycle[0])
 
     # placeholders must name a (transitive) dependency
-    ancestors: dict[str, frozenset[str]] = {}
-    for t in _topo_order(tasks, by_id):
-        acc: set[str] = set(t.depends_on)
-        for d in t.depends_on:
-            acc |= ancestors[d]
-        ancestors[t.id] = frozenset(acc)
+    children: dict[str, list[str]] = {t.id: [] for t in tasks}
     for t in tasks:
-        for name in sorted(t.placeholders - ancestors[t.id]):
+        for d in t.depends_on:
+            children[d].append(t.id)
+    downstream: dict[str, set[str]] = {}  # id -> every task that depends on it, transitively
+    for t in tasks:
+        for name in sorted(t.placeholders):
+            if name in t.depends_on:
+                continue
+            if name in by_id:
+                if name not in downstream:
+                    downstream[name] = _closure(name, children)
+                if t.id in downstream[name]:
+                    continue
             if name == t.id:
                 why = "names the task itself"
             elif name not in by_id:
@@ -353,11 +358,7 @@ def parse_task_graph(body: Any, max_tasks: int, *, extra_fields: Collection[str]
                 f"'{{{{{name}}}}}'",
                 task_id=t.id, index=t.index)
 
-    dependants: dict[str, list[str]] = {t.id: [] for t in tasks}
-    for t in tasks:
-        for d in t.depends_on:
-            dependants[d].append(t.id)
-    return TaskGraph(tuple(tasks), by_id, {k: tuple(v) for k, v in dependants.items()})
+    return TaskGraph(tuple(tasks), by_id, {k: tuple(v) for k, v in children.items()})
 
 
 def _kind(v: Any) -> str:
@@ -437,23 +438,16 @@ def _show(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def _topo_order(tasks: Sequence[Task], by_id: Mapping[str, Task]) -> list[Task]:
-    """Kahn's algorithm; assumes no cycle and known dependencies."""
-    indeg = {t.id: len(t.depends_on) for t in tasks}
-    children: dict[str, list[str]] = {t.id: [] for t in tasks}
-    for t in tasks:
-        for d in t.depends_on:
-            children[d].append(t.id)
-    queue = deque(t.id for t in tasks if indeg[t.id] == 0)
-    out: list[Task] = []
-    while queue:
-        i = queue.popleft()
-        out.append(by_id[i])
-        for c in children[i]:
-            indeg[c] -= 1
-            if indeg[c] == 0:
-                queue.append(c)
-    return out
+def _closure(start: str, edges: Mapping[str, Sequence[str]]) -> set[str]:
+    """Every node reachable from ``start`` along ``edges`` (not ``start`` itself)."""
+    seen: set[str] = set()
+    stack = list(edges[start])
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(edges[n])
+    return seen
 
 
 def _find_cycle(tasks: Sequence[Task], by_id: Mapping[str, Task]) -> list[str] | None:
