@@ -1,8 +1,9 @@
-"""The `ctxwarden` command: serve, validate, explain."""
+"""The `ctxwarden` command: serve, validate, explain, run-parallel."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -73,6 +74,79 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _credential_headers() -> list[tuple[bytes, bytes]]:
+    """The credentials the SDKs would send, from their usual variables."""
+    headers = []
+    if os.environ.get("OPENAI_API_KEY"):
+        headers.append((b"authorization", b"Bearer " + os.environ["OPENAI_API_KEY"].encode()))
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        headers.append((b"x-api-key", os.environ["ANTHROPIC_API_KEY"].encode()))
+    return headers
+
+
+class _Progress:
+    """tasks done/total and failures on stderr: a bar on a terminal, lines otherwise."""
+
+    WIDTH = 30
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, failures: int) -> None:
+        filled = self.WIDTH * done // total if total else self.WIDTH
+        line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total} done, {failures} failed"
+        if self.tty:
+            print("\r" + line, end="\n" if done == total else "", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _run_parallel(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import anyio
+
+    from .app import Proxy
+    from .fanout import run_parallel
+    from .parallel import TaskGraphError, parse_task_graph
+
+    try:
+        config = load_config(args.config)
+        graph = parse_task_graph(json.loads(Path(args.file).read_bytes()), config.parallel_execution.max_tasks)
+    except ConfigError as exc:
+        print(f"ctxwarden: config refused:\n{exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ctxwarden: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except TaskGraphError as exc:
+        print(f"ctxwarden: {args.file}: {exc.message}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"ctxwarden: {args.file} is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+
+    async def run():
+        proxy = Proxy(config, None)
+        await proxy.start()
+        try:
+            return await run_parallel(proxy.gateway, proxy.gate, graph, _credential_headers(),
+                                      config.parallel_execution, on_progress=_Progress())
+        finally:
+            await proxy.close()
+
+    try:
+        results = anyio.run(run)
+        for result in results:
+            out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxwarden", description="Token-saving reverse proxy for LLM APIs")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", help="config XML (default: the shipped default config)")
     explain.add_argument("--dialect", default="openai", choices=["openai", "anthropic"])
     explain.set_defaults(run=_explain)
+
+    parallel = commands.add_parser("run-parallel", help="run a task graph (as POST /_ctxwarden/parallel takes)")
+    parallel.add_argument("file", help='{"tasks": [...]} as JSON')
+    parallel.add_argument("--config", help="config XML (default: the shipped default config)")
+    parallel.add_argument("--output", help="JSONL file for the results (default: standard output)")
+    parallel.set_defaults(run=_run_parallel)
     return parser
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
+import json
 import logging
 import os
 
@@ -19,6 +20,9 @@ from .caching import ResponseCache, make_backend
 from .chat import explain_request
 from .config import Config, package_file
 from .errors import BadRequest, ProxyError, Unauthorized, error_response
+from .fanout import run_parallel
+from .gate import UpstreamGate
+from .parallel import parse_task_graph, summarize
 from .gateway import Gateway, Telemetry, read_body
 from .reload import ConfigReloader
 from .routing import dialect_of
@@ -46,6 +50,7 @@ class Proxy:
         self.config_path = config_path
         self.client: UpstreamClient | None = None
         self.cache: ResponseCache | None = None
+        self.gate: UpstreamGate | None = None
         self.gateway: Gateway | None = None
         self.initial_config = config
         self.reloader: ConfigReloader | None = None
@@ -54,16 +59,24 @@ class Proxy:
         config = self.initial_config
         self.client = UpstreamClient(config.server, config.upstreams)
         self.cache = ResponseCache(make_backend(config.cache), config.cache.ttl)
+        self.gate = UpstreamGate(config.server.max_connections, config.parallel_execution.resource_limit)
         self.telemetry.metrics.watch_cache_backend(self.cache.backend)
         self.gateway = Gateway(config, self.client, self.telemetry, self.cache)
         if self.config_path is not None:
             self.reloader = ConfigReloader(self.config_path, self.apply, self.telemetry.metrics,
                                            config.server.reload_interval)
 
+    async def close(self) -> None:
+        assert self.client is not None and self.cache is not None
+        await self.client.aclose()
+        await self.cache.backend.close()
+
     def apply(self, config: Config) -> None:
         """Make `config` the one new requests see; in-flight ones keep theirs."""
         assert self.client is not None
         self.client.configure(config.upstreams)
+        assert self.gate is not None
+        self.gate.reconfigure(self.initial_config.server.max_connections, config.parallel_execution.resource_limit)
         self.gateway = Gateway(config, self.client, self.telemetry, self.cache)
 
     @property
@@ -118,9 +131,7 @@ def create_app(config: Config, config_path: str | None = None) -> Starlette:
                 yield
             finally:
                 tasks.cancel_scope.cancel()
-                assert proxy.client is not None and proxy.cache is not None
-                await proxy.client.aclose()
-                await proxy.cache.backend.close()
+                await proxy.close()
 
     async def proxied(request: Request) -> Response:
         assert proxy.gateway is not None
@@ -157,6 +168,18 @@ def create_app(config: Config, config_path: str | None = None) -> Starlette:
     async def dashboard(request: Request) -> Response:
         return HTMLResponse(dashboard_page())
 
+    async def parallel(request: Request) -> Response:
+        assert proxy.gateway is not None and proxy.gate is not None
+        gateway = proxy.gateway
+        raw = await read_body(request, gateway.config.server.max_body_bytes)
+        try:
+            graph = parse_task_graph(json.loads(raw), gateway.config.parallel_execution.max_tasks)
+        except ValueError as exc:
+            raise BadRequest(getattr(exc, "message", f"request body is not valid JSON: {exc}")) from exc
+        results = await run_parallel(gateway, proxy.gate, graph, request.headers.raw,
+                                     gateway.config.parallel_execution)
+        return JSONResponse({"tasks": [r.to_dict() for r in results], "summary": summarize(results)})
+
     async def explain_endpoint(request: Request) -> Response:
         dialect = _explain_dialect(request)
         raw = await read_body(request, proxy.config.server.max_body_bytes)
@@ -172,6 +195,8 @@ def create_app(config: Config, config_path: str | None = None) -> Starlette:
             Route("/_ctxwarden/stats", admin(stats), methods=["GET"]),
             Route("/_ctxwarden/dashboard", admin(dashboard), methods=["GET"]),
             Route("/_ctxwarden/explain", admin(explain_endpoint), methods=["POST"]),
+            # Not an admin endpoint: apps call it with their own upstream credentials.
+            Route("/_ctxwarden/parallel", parallel, methods=["POST"]),
             Route("/metrics", admin(metrics), methods=["GET"]),
             Route("/{path:path}", proxied, methods=methods),
         ],

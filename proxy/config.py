@@ -77,6 +77,7 @@ class ParallelExecution:
     max_workers: int = 4
     task_timeout: float = 300.0
     resource_limit: float = 0.8
+    max_tasks: int = 1000
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,7 @@ def _build_parallel(node) -> ParallelExecution:
         max_workers=int(_text(node, "max_workers") or d.max_workers),
         task_timeout=float(_text(node, "task_timeout") or d.task_timeout),
         resource_limit=float(_text(node, "resource_limit") or d.resource_limit),
+        max_tasks=int(_text(node, "max_tasks") or d.max_tasks),
     )
 
 

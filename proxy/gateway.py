@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import anyio
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from .cache import Subscriber
 from .caching import CACHE_HEADER, ResponseCache, follow, request_policy
@@ -31,6 +33,22 @@ log = logging.getLogger("ctxwarden")
 OFFLOAD_BODY_BYTES = 256 * 1024
 _ROUTES = {"openai": "chat_completions", "anthropic": "messages"}
 _UPSTREAM_ERROR_KINDS = {UpstreamUnavailable: "connect", UpstreamTimeout: "timeout"}
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """The parts of a client request the upstream call needs."""
+
+    method: str
+    path: str
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+
+    def header(self, name: bytes) -> str:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return ""
 
 
 class Telemetry:
@@ -70,16 +88,45 @@ class Gateway:
         dialect = chat_dialect(request.method, path)
         record = RequestRecord(route=_ROUTES.get(dialect, "forward"), method=request.method, path=path)
         record.dialect = dialect or dialect_of(path, "anthropic-version" in request.headers)
-        self.telemetry.start(record)
-        try:
+
+        async def answer() -> Response:
             if not path.startswith("/v1/"):
                 raise NotFound(f"ctxwarden serves no path {path!r}; the provider APIs live under /v1/")
-            if dialect is not None:
-                response = await self.chat(request, dialect, record)
+            if dialect is None:
+                return await self.forward(request, record)
+            raw = await read_body(request, self.config.server.max_body_bytes)
+            incoming = Incoming(request.method, path, request.scope["query_string"], request.headers.raw)
+            return await self.chat(incoming, raw, dialect, record)
+
+        response = await self._answer(record, answer)
+        response.background = BackgroundTask(self._finished, record)
+        return response
+
+    async def answer_task(self, dialect: str, path: str, headers: list[tuple[bytes, bytes]],
+                          body: dict) -> tuple[int, bytes, dict[str, str]]:
+        """One task of a parallel run, through the same rewrite and cache as a
+        single request; the answer read whole."""
+        record = RequestRecord(route="parallel_task", method="POST", path=path, dialect=dialect)
+        raw = json.dumps(body, ensure_ascii=False).encode()
+        response = await self._answer(record, lambda: self.chat(Incoming("POST", path, b"", headers), raw,
+                                                                dialect, record))
+        try:
+            if isinstance(response, StreamingResponse):
+                content = b"".join([chunk async for chunk in response.body_iterator])
             else:
-                response = await self.forward(request, record)
+                content = bytes(response.body)
+        finally:
+            await self._finished(record)
+        return response.status_code, content, {k.decode("latin-1"): v.decode("latin-1")
+                                               for k, v in response.raw_headers}
+
+    async def _answer(self, record: RequestRecord, answer) -> Response:
+        """Run `answer`, mapping proxy errors to the dialect's error response."""
+        self.telemetry.start(record)
+        try:
+            response = await answer()
         except ProxyError as exc:
-            log.info("%s %s -> %d: %s", request.method, path, exc.status, exc.message)
+            log.info("%s %s -> %d: %s", record.method, record.path, exc.status, exc.message)
             record.error_kind = _UPSTREAM_ERROR_KINDS.get(type(exc), "")
             response = error_response(exc, record.dialect)
         except BaseException:
@@ -87,7 +134,6 @@ class Gateway:
             self.telemetry.finish(record)
             raise
         record.status = response.status_code
-        response.background = BackgroundTask(self._finished, record)
         return response
 
     async def _finished(self, record: RequestRecord) -> None:
@@ -97,8 +143,7 @@ class Gateway:
             await record.tap.end(CLIENT_GONE)
         self.telemetry.finish(record)
 
-    async def chat(self, request: Request, dialect: str, record: RequestRecord) -> Response:
-        raw = await read_body(request, self.config.server.max_body_bytes)
+    async def chat(self, request: Incoming, raw: bytes, dialect: str, record: RequestRecord) -> Response:
         started = time.perf_counter()
         if len(raw) > OFFLOAD_BODY_BYTES:
             chat = await anyio.to_thread.run_sync(prepare_chat, self.config.token_management, dialect, raw)
@@ -108,8 +153,8 @@ class Gateway:
         record.rewrite, record.tokens_before, record.tokens_after = chat.rewrite, chat.tokens_before, chat.tokens_after
         upstream = self.router.choose(dialect, chat.body["model"])
         extra = chat.headers()
-        policy = request_policy(self.config.cache, upstream.name, request.url.path, chat.body,
-                                request.headers.raw, request.headers.get("cache-control", ""))
+        policy = request_policy(self.config.cache, upstream.name, request.path, chat.body,
+                                request.headers, request.header(b"cache-control"))
         if policy.key is None:
             record.cache = "bypass"
             response = await self._send(record, upstream, request, chat.content)
@@ -131,14 +176,13 @@ class Gateway:
             raise
         return await relay(response, extra + [(CACHE_HEADER, b"miss")], dialect, record, record.tap)
 
-    async def _send(self, record: RequestRecord, upstream: Upstream, request: Request, content,
+    async def _send(self, record: RequestRecord, upstream: Upstream, request: Incoming, content,
                     streamed_length: int | None = None):
         record.upstream = upstream.name
         started = time.perf_counter()
         try:
-            return await self.client.send(upstream, request.method, request.url.path,
-                                          request.scope["query_string"], request.headers.raw,
-                                          content, streamed_length)
+            return await self.client.send(upstream, request.method, request.path, request.query,
+                                          request.headers, content, streamed_length)
         finally:
             record.upstream_seconds = time.perf_counter() - started
 
@@ -152,7 +196,8 @@ class Gateway:
             content, streamed_length = None, None
         else:
             content, streamed_length = _limited(request.stream(), limit), declared
-        response = await self._send(record, upstream, request, content, streamed_length)
+        incoming = Incoming(request.method, request.url.path, request.scope["query_string"], request.headers.raw)
+        response = await self._send(record, upstream, incoming, content, streamed_length)
         return await relay(response, [], stream_error_dialect=None, record=record)
 
 
