@@ -198,6 +198,8 @@ def create_app(config: Config, config_path: str | None = None) -> Starlette:
             # Not an admin endpoint: apps call it with their own upstream credentials.
             Route("/_ctxwarden/parallel", parallel, methods=["POST"]),
             Route("/metrics", admin(metrics), methods=["GET"]),
+            # Browsers ask for it on any page; answering here keeps it out of the stats.
+            Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
             Route("/{path:path}", proxied, methods=methods),
         ],
         exception_handlers={ProxyError: _proxy_error},
