@@ -180,6 +180,7 @@ class Gateway:
                     streamed_length: int | None = None):
         record.upstream = upstream.name
         started = time.perf_counter()
+        record.overhead_seconds = started - record.started
         try:
             return await self.client.send(upstream, request.method, request.path, request.query,
                                           request.headers, content, streamed_length)

@@ -40,6 +40,9 @@ class Metrics:
                                           ["upstream"], buckets=LATENCY_BUCKETS, registry=r)
         self.request_seconds = Histogram("ctxwarden_request_seconds", "Total time until the response was sent",
                                          ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.proxy_overhead_seconds = Histogram(
+            "ctxwarden_proxy_overhead_seconds", "Time in the proxy before the upstream call: the latency it adds",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.upstream_errors = Counter("ctxwarden_upstream_errors", "Upstream failures by kind",
                                        ["upstream", "kind"], registry=r)
         self.in_flight = Gauge("ctxwarden_requests_in_flight", "Requests being answered", registry=r)
@@ -56,6 +59,7 @@ class Metrics:
         self.request_seconds.labels(record.route).observe(record.total_seconds)
         if record.upstream:
             self.upstream_seconds.labels(record.upstream).observe(record.upstream_seconds)
+            self.proxy_overhead_seconds.labels(record.route).observe(record.overhead_seconds)
         if record.error_kind:
             self.upstream_errors.labels(record.upstream or "none", record.error_kind).inc()
         if record.tokens_before is not None and record.tokens_after is not None:

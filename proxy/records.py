@@ -24,6 +24,7 @@ class RequestRecord:
     started: float = field(default_factory=time.perf_counter)
     rewrite_seconds: float = 0.0
     upstream_seconds: float = 0.0   # until the upstream's response headers
+    overhead_seconds: float = 0.0   # in the proxy before the upstream call
     total_seconds: float = 0.0
     tap: Any = None                 # the cache tap of a cached miss, ended when the response is done
 
