@@ -6,9 +6,15 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
+from .errors import ProxyError
 from .logs import configure_logging
+
+T = TypeVar("T")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -48,26 +54,34 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _explain(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
+class _InputRefused(Exception):
+    """A command's config or input file cannot be used; already reported."""
 
-    from .chat import parse_chat_body, rewrite_plan
-    from .errors import ProxyError
-    from .pipeline import explain
 
+def _load_inputs(args: argparse.Namespace, parse: Callable[[bytes, Config], T]) -> tuple[Config, T]:
+    """The config and the parsed input file, or a one-line reason on stderr."""
     try:
         config = load_config(args.config)
-        body = parse_chat_body(Path(args.file).read_bytes())
+        return config, parse(Path(args.file).read_bytes(), config)
     except ConfigError as exc:
-        print(f"ctxwarden: config refused:\n{exc}", file=sys.stderr)
-        return 2
+        reason = f"config refused:\n{exc}"
     except OSError as exc:
-        print(f"ctxwarden: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 2
+        reason = f"cannot read {args.file}: {exc.strerror}"
+    except ValueError as exc:  # invalid JSON, or the parser's own refusal
+        reason = f"{args.file}: {getattr(exc, 'message', exc)}"
     except ProxyError as exc:
-        print(f"ctxwarden: {args.file}: {exc.message}", file=sys.stderr)
-        return 1
+        reason = f"{args.file}: {exc.message}"
+    print(f"ctxwarden: {reason}", file=sys.stderr)
+    raise _InputRefused
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    from .chat import parse_chat_body, rewrite_plan
+    from .pipeline import explain
+
+    config, body = _load_inputs(args, lambda raw, _: parse_chat_body(raw))
     report = explain(body, args.dialect, rewrite_plan(config.token_management, body))
     json.dump(report, sys.stdout, indent=2, ensure_ascii=False)
     print()
@@ -103,29 +117,15 @@ class _Progress:
 
 def _run_parallel(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     import anyio
 
     from .app import Proxy
     from .fanout import run_parallel
-    from .parallel import TaskGraphError, parse_task_graph
+    from .parallel import parse_task_graph
 
-    try:
-        config = load_config(args.config)
-        graph = parse_task_graph(json.loads(Path(args.file).read_bytes()), config.parallel_execution.max_tasks)
-    except ConfigError as exc:
-        print(f"ctxwarden: config refused:\n{exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"ctxwarden: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 2
-    except TaskGraphError as exc:
-        print(f"ctxwarden: {args.file}: {exc.message}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"ctxwarden: {args.file} is not valid JSON: {exc}", file=sys.stderr)
-        return 2
+    config, graph = _load_inputs(
+        args, lambda raw, config: parse_task_graph(json.loads(raw), config.parallel_execution.max_tasks))
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
 
     async def run():
@@ -179,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except _InputRefused:
+        return 2
 
 
 if __name__ == "__main__":
