@@ -18,9 +18,12 @@ T = TypeVar("T")
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import tempfile
+
     import uvicorn
 
-    from .app import create_app
+    from .app import CONFIG_ENV, LAST_GOOD_ENV, LOG_LEVEL_ENV, create_app
+    from .reload import keep_last_good
 
     try:
         config = load_config(args.config)
@@ -29,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    workers = args.workers or config.server.workers
     level = args.log_level or config.logging.level
     configure_logging(level, json_lines=config.logging.format == "json", requests=config.logging.requests)
     # uvicorn re-raises the stop signal once its graceful shutdown is done,
@@ -37,9 +41,19 @@ def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     # uvicorn's own log handlers would replace ours: log_config=None keeps them.
-    uvicorn.run(create_app(config, config_path=args.config), host=host, port=port, log_config=None,
-                log_level=level, access_log=False, proxy_headers=False, server_header=False, lifespan="on",
-                timeout_graceful_shutdown=config.server.grace_period)
+    options = dict(host=host, port=port, log_config=None, log_level=level, access_log=False,
+                   proxy_headers=False, server_header=False, lifespan="on",
+                   timeout_graceful_shutdown=config.server.grace_period)
+    if workers == 1:
+        uvicorn.run(create_app(config, config_path=args.config), **options)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="ctxwarden-") as state:
+        os.environ[CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
+        os.environ[LOG_LEVEL_ENV] = level
+        if args.config:
+            os.environ[LAST_GOOD_ENV] = os.path.join(state, "last-good.xml")
+            keep_last_good(args.config, os.environ[LAST_GOOD_ENV])
+        uvicorn.run("proxy.app:create_app_from_environment", factory=True, workers=workers, **options)
     return 0
 
 
@@ -155,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="config XML (default: the shipped default config)")
     serve.add_argument("--host", help="listen address (overrides <server host>)")
     serve.add_argument("--port", type=int, help="listen port (overrides <server port>)")
+    serve.add_argument("--workers", type=int, help="worker processes (overrides <server workers>)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                        help="overrides <logging level>")
     serve.set_defaults(run=_serve)

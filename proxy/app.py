@@ -4,6 +4,7 @@ one shared upstream client and the config reloader."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hmac
 import json
@@ -18,7 +19,8 @@ from starlette.routing import Route
 
 from .caching import ResponseCache, make_backend
 from .chat import explain_request
-from .config import Config, package_file
+from .config import Config, ConfigError, load_config, package_file
+from .logs import configure_logging
 from .errors import BadRequest, ProxyError, Unauthorized, error_response
 from .fanout import run_parallel
 from .gate import UpstreamGate
@@ -45,9 +47,10 @@ class Proxy:
     """The running proxy: the current Gateway (swapped on reload) and what
     outlives a reload (upstream connection pool, telemetry)."""
 
-    def __init__(self, config: Config, config_path: str | None):
+    def __init__(self, config: Config, config_path: str | None, last_good_path: str | None = None):
         self.telemetry = Telemetry()
         self.config_path = config_path
+        self.last_good_path = last_good_path
         self.client: UpstreamClient | None = None
         self.cache: ResponseCache | None = None
         self.gate: UpstreamGate | None = None
@@ -64,7 +67,7 @@ class Proxy:
         self.gateway = Gateway(config, self.client, self.telemetry, self.cache)
         if self.config_path is not None:
             self.reloader = ConfigReloader(self.config_path, self.apply, self.telemetry.metrics,
-                                           config.server.reload_interval)
+                                           config.server.reload_interval, self.last_good_path)
 
     async def close(self) -> None:
         assert self.client is not None and self.cache is not None
@@ -117,9 +120,10 @@ def _explain_dialect(request: Request) -> str:
     return "anthropic" if "anthropic-version" in request.headers else "openai"
 
 
-def create_app(config: Config, config_path: str | None = None) -> Starlette:
-    """The ASGI app. With `config_path`, the file is watched and reloaded."""
-    proxy = Proxy(config, config_path)
+def create_app(config: Config, config_path: str | None = None, last_good_path: str | None = None) -> Starlette:
+    """The ASGI app. With `config_path`, the file is watched and reloaded; with
+    `last_good_path`, every config applied is copied there."""
+    proxy = Proxy(config, config_path, last_good_path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -207,3 +211,34 @@ def create_app(config: Config, config_path: str | None = None) -> Starlette:
     )
     app.state.proxy = proxy
     return app
+
+
+CONFIG_ENV = "CTXWARDEN_CONFIG"
+LAST_GOOD_ENV = "CTXWARDEN_LAST_GOOD_CONFIG"
+LOG_LEVEL_ENV = "CTXWARDEN_LOG_LEVEL"
+
+
+def create_app_from_environment() -> Starlette:
+    """Factory for uvicorn worker processes (`serve` with workers > 1): the
+    config file named by $CTXWARDEN_CONFIG, or the embedded default.
+
+    uvicorn restarts every worker on SIGHUP; a worker that then finds the file
+    bad starts with the last good copy instead (kept at $CTXWARDEN_LAST_GOOD_CONFIG
+    by whoever last loaded the file successfully), so a bad reload never takes
+    the proxy down."""
+    path = os.environ.get(CONFIG_ENV) or None
+    last_good = os.environ.get(LAST_GOOD_ENV) or None
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        if last_good is None or not os.path.exists(last_good):
+            raise
+        config = dataclasses.replace(load_config(last_good), source=str(path))
+        refused = str(exc)
+    else:
+        refused = None
+    configure_logging(os.environ.get(LOG_LEVEL_ENV) or config.logging.level,
+                      json_lines=config.logging.format == "json", requests=config.logging.requests)
+    if refused:
+        log.error("config refused, starting with the last good config: %s", refused)
+    return create_app(config, config_path=path, last_good_path=last_good)

@@ -86,11 +86,13 @@ class ServerSettings:
     port: int = 8788
     max_body_bytes: int = 32 * 1024 * 1024
     max_connections: int = 100
-    max_keepalive_connections: int = 20
+    max_keepalive_connections: int = 100
     # Seconds between checks of the config file for changes; 0 turns polling off
     # (SIGHUP still reloads).
     reload_interval: float = 2.0
     grace_period: float = 30.0
+    # Worker processes; each has its own memory cache and coalescing.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -360,6 +362,7 @@ def _build_server(node) -> ServerSettings:
         max_keepalive_connections=int(node.get("max_keepalive_connections", d.max_keepalive_connections)),
         reload_interval=float(node.get("reload_interval", d.reload_interval)),
         grace_period=float(node.get("grace_period", d.grace_period)),
+        workers=int(node.get("workers", d.workers)),
     )
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 
@@ -28,8 +29,10 @@ def _fingerprint(path: str) -> tuple[int, int, int] | None:
 
 
 class ConfigReloader:
-    def __init__(self, path: str, apply: Callable[[Config], None], metrics: Metrics, interval: float):
+    def __init__(self, path: str, apply: Callable[[Config], None], metrics: Metrics, interval: float,
+                 last_good_path: str | None = None):
         self.path = path
+        self.last_good_path = last_good_path
         self.apply = apply
         self.metrics = metrics
         self.interval = interval
@@ -50,6 +53,8 @@ class ConfigReloader:
             log.error("config reload refused, keeping the last good config: %s", exc)
             return False
         self.last_error = None
+        if self.last_good_path is not None:
+            keep_last_good(self.path, self.last_good_path)
         self.metrics.config_reloads.labels("applied").inc()
         self.metrics.config_last_reload_ok.set(1)
         log.info("config reloaded from %s", self.path)
@@ -71,3 +76,14 @@ class ConfigReloader:
             self._wake = anyio.Event()
             if woken or _fingerprint(self.path) != self._seen:
                 self.reload()
+
+
+def keep_last_good(path: str, last_good_path: str) -> None:
+    """Copy a config that loaded to where restarted workers fall back to."""
+    try:
+        data = Path(path).read_bytes()
+        temporary = f"{last_good_path}.{os.getpid()}"
+        Path(temporary).write_bytes(data)
+        os.replace(temporary, last_good_path)
+    except OSError as exc:
+        log.warning("could not keep a copy of the last good config: %s", exc.strerror)

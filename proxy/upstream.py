@@ -59,6 +59,73 @@ def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
     return [(k, v) for k, v in raw if k.lower() not in drop]
 
 
+# Connections per pool shard. httpcore scans every connection of its pool on
+# each request and each release, so one pool of 100 costs twice the CPU per
+# request at 50 concurrent requests that it costs at 1; shards of 10 keep the
+# cost flat (bench/overhead.py).
+SHARD_CONNECTIONS = 10
+
+
+class ShardedPoolTransport(httpx.AsyncBaseTransport):
+    """httpx connection pools side by side; each request goes to the least busy.
+
+    Ties go to the first shard, so light traffic keeps reusing the same few
+    warm connections."""
+
+    def __init__(self, limits: httpx.Limits):
+        total = limits.max_connections or 100
+        count = max(1, -(-total // SHARD_CONNECTIONS))
+        keepalive = limits.max_keepalive_connections
+        self._shards = [
+            httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=_share(total, count, i),
+                                    max_keepalive_connections=None if keepalive is None else
+                                    _share(keepalive, count, i)),
+                trust_env=False)
+            for i in range(count)
+        ]
+        self._busy = [0] * count
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        busy = self._busy
+        shard = busy.index(min(busy))
+        busy[shard] += 1
+        try:
+            response = await self._shards[shard].handle_async_request(request)
+        except BaseException:
+            busy[shard] -= 1
+            raise
+        response.stream = _ReleasingStream(response.stream, busy, shard)
+        return response
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()
+
+
+def _share(total: int, parts: int, index: int) -> int:
+    return total // parts + (1 if index < total % parts else 0)
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    def __init__(self, stream, busy: list[int], shard: int):
+        self._stream = stream
+        self._busy = busy
+        self._shard: int | None = shard
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if self._shard is not None:
+                self._busy[self._shard] -= 1
+                self._shard = None
+
+
 class UpstreamClient:
     """The process's one httpx.AsyncClient, with per-upstream timeouts and keys.
 
@@ -70,11 +137,9 @@ class UpstreamClient:
     """
 
     def __init__(self, server: ServerSettings, upstreams: tuple[Upstream, ...]):
-        self._transport = httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=server.max_connections,
-                                max_keepalive_connections=server.max_keepalive_connections),
-            trust_env=False,
-        )
+        self._transport = ShardedPoolTransport(
+            httpx.Limits(max_connections=server.max_connections,
+                         max_keepalive_connections=server.max_keepalive_connections))
         self._client = httpx.AsyncClient(transport=self._transport, timeout=None, trust_env=False)
         self.configure(upstreams)
 

@@ -210,3 +210,27 @@ def test_request_log_line_is_emitted(fake_upstream_server, upstream, caplog):
         _chat(url)
     fields = [getattr(r, "fields", None) for r in caplog.records if r.name == "ctxwarden.request"]
     assert fields and fields[-1]["status"] == 200 and fields[-1]["upstream"] == "openai"
+
+
+def test_workers_serve_and_a_bad_file_on_sighup_keeps_the_last_good(tmp_path, fake_upstream_server, upstream):
+    path = tmp_path / "performance.xml"
+    path.write_text(_config(fake_upstream_server.url).replace('reload_interval="0.2"',
+                                                              'reload_interval="0" workers="2"'))
+    port = free_port()
+    proc = subprocess.Popen(ctxwarden_command() + ["serve", "--config", str(path), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "CTXW_TEST_ANTHROPIC_KEY": "sk-ant-secret-value"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port(port, proc=proc, timeout=20)
+        _wait_for(lambda: _chat(url).status_code == 200)
+        path.write_text("<performance_optimization><oops></performance_optimization>")
+        proc.send_signal(signal.SIGHUP)  # uvicorn restarts its workers; they fall back to the last good file
+        time.sleep(2)
+        assert all(_chat(url).status_code == 200 for _ in range(5))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
