@@ -79,9 +79,10 @@ def local_upstream(local_upstream_server: ServedFake) -> ServedFake:
 
 
 def _proxy_app(xml: str):
-    proxy_config = pytest.importorskip("proxy.config")
-    proxy_app = pytest.importorskip("proxy.app")
-    return proxy_app.create_app(proxy_config.parse_config(xml))
+    from proxy.app import create_app
+    from proxy.config import parse_config
+
+    return create_app(parse_config(xml))
 
 
 @contextlib.contextmanager
@@ -97,8 +98,9 @@ def proxy_xml(fake_upstream_server: ServedFake, local_upstream_server: ServedFak
 
 @pytest.fixture(scope="session")
 def proxy_config(proxy_xml: str):
-    proxy_config = pytest.importorskip("proxy.config")
-    return proxy_config.parse_config(proxy_xml)
+    from proxy.config import parse_config
+
+    return parse_config(proxy_xml)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,10 @@ request headers the proxy forwards untouched:
     x-fake-fault: reset-mid-stream
                                  send part of a stream, then drop the connection
                                  without the terminating chunk
+    x-fake-gzip: 1               gzip a non-streaming answer (Content-Encoding)
+    x-fake-response-bytes: N     (echo paths) answer N deterministic bytes,
+                                 chunked, or with Content-Length when
+                                 x-fake-response-framing: length
 
 Routes: POST /v1/chat/completions, POST /v1/messages, GET /v1/models,
 POST /v1/embeddings, POST /v1/files, and a catch-all echo for anything else.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import json
 import logging
@@ -98,7 +103,7 @@ class RecordedRequest:
         return json.loads(self.body)
 
 
-@dataclass
+@dataclass(repr=False)
 class Recorder:
     """Thread-safe record of what the fake upstream received."""
 
@@ -108,6 +113,14 @@ class Recorder:
     streams_completed: int = 0
     streams_cancelled: int = 0  # client (the proxy) went away before the stream ended
     streams_reset: int = 0  # deliberate x-fake-fault: reset-mid-stream
+
+    def __repr__(self) -> str:
+        with self._lock:
+            paths = [f"{r.method} {r.path}" for r in self._requests[-5:]]
+            return (
+                f"Recorder(requests={len(self._requests)}, last={paths}, streams_started={self.streams_started}, "
+                f"completed={self.streams_completed}, cancelled={self.streams_cancelled}, reset={self.streams_reset})"
+            )
 
     def add(self, req: RecordedRequest) -> None:
         with self._lock:
@@ -395,6 +408,40 @@ async def _paced(
 # --------------------------------------------------------------------------- the app
 
 
+class _GzipOnRequest:
+    """x-fake-gzip: 1 -> gzip a non-streaming answer (Content-Encoding: gzip),
+    as the real APIs do when the client accepts it."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not any(k == b"x-fake-gzip" for k, _ in scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def wrapped(message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = dict(message)
+                return
+            if message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                body = gzip.compress(b"".join(chunks), mtime=0)
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                headers += [(b"content-encoding", b"gzip"), (b"content-length", str(len(body)).encode())]
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+                return
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
 class FakeUpstream:
     def __init__(self, name: str = "fake") -> None:
         self.name = name
@@ -413,6 +460,7 @@ class FakeUpstream:
                 ),
             ]
         )
+        self.app.add_middleware(_GzipOnRequest)
 
     # -- common
 

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -155,23 +156,34 @@ def cli_server(
     env: dict | None = None,
     startup_timeout: float = 20.0,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start `ctxwarden serve --config FILE --host H --port P`; yield (base URL, process)."""
+    """Start `ctxwarden serve --config FILE --host H --port P`; yield (base URL, process).
+
+    The server's output goes to a temporary file, not a pipe: a pipe nobody
+    reads fills up and blocks the server once it has logged ~64 KiB.
+    """
     port = port or free_port()
     cmd = ctxwarden_command() + ["serve", "--config", str(config_path), "--host", host, "--port", str(port)]
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         cmd + list(extra_args),
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO_ROOT,
         env={**os.environ, **(env or {})},
     )
+
+    def output() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")
+
     try:
         try:
             wait_for_port(port, host, timeout=startup_timeout, proc=proc)
         except Exception:
             proc.kill()
-            out = proc.communicate(timeout=5)[0]
-            raise RuntimeError(f"`{' '.join(cmd)}` did not start:\n{out.decode(errors='replace')}")
+            proc.wait(timeout=5)
+            raise RuntimeError(f"`{' '.join(cmd)}` did not start:\n{output()}")
+        proc.output = output  # type: ignore[attr-defined]  # for tests that check the log
         yield f"http://{host}:{port}", proc
     finally:
         if proc.poll() is None:
@@ -181,8 +193,7 @@ def cli_server(
             except subprocess.TimeoutExpired:  # pragma: no cover
                 proc.kill()
                 proc.wait(timeout=5)
-        if proc.stdout:
-            proc.stdout.close()
+        log.close()
 
 
 def proxy_config_xml(
@@ -195,9 +206,11 @@ def proxy_config_xml(
     connect_timeout: float = 5,
     read_timeout: float = 60,
     local_patterns: Sequence[str] = ("llama-*",),
+    api_key_env: str | None = None,
 ) -> str:
     """The proxy config used by the tests and the benchmark (the seed block + upstreams)."""
     anthropic_url = anthropic_url or openai_url
+    key = f' api_key_env="{api_key_env}"' if api_key_env else ""
     local = ""
     if local_url:
         models = "".join(f"<model>{p}</model>" for p in local_patterns)
@@ -211,8 +224,8 @@ def proxy_config_xml(
   <parallel_execution><max_workers>4</max_workers><task_timeout>300</task_timeout><resource_limit>0.8</resource_limit></parallel_execution>
   <server host="127.0.0.1" port="{port}" max_body_bytes="{max_body_bytes}"/>
   <upstreams>
-    <upstream name="openai" dialect="openai" base_url="{openai_url}" connect_timeout="{connect_timeout}" read_timeout="{read_timeout}"/>
-    <upstream name="anthropic" dialect="anthropic" base_url="{anthropic_url}" connect_timeout="{connect_timeout}" read_timeout="{read_timeout}"/>
+    <upstream name="openai" dialect="openai" base_url="{openai_url}"{key} connect_timeout="{connect_timeout}" read_timeout="{read_timeout}"/>
+    <upstream name="anthropic" dialect="anthropic" base_url="{anthropic_url}"{key} connect_timeout="{connect_timeout}" read_timeout="{read_timeout}"/>
 {local}  </upstreams>
 </performance_optimization>
 """

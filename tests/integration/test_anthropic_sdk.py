@@ -53,7 +53,7 @@ def test_messages_stream_raw_events_in_order(anthropic_client, upstream):
     text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
     assert text == expected_reply("", 5)
     assert events[-2].delta.stop_reason == "end_turn"
-    assert upstream.recorder.streams_completed == 1
+    assert upstream.recorder.wait_for(lambda rec: rec.streams_completed == 1), upstream.recorder
 
 
 def test_messages_stream_wire_format_includes_ping(http, upstream):

@@ -230,7 +230,7 @@ def test_reset_mid_stream_openai_error_event(http, upstream):
     assert set(last) == {"error"}
     assert last["error"]["message"]
     assert all(e["data"] != "[DONE]" for e in events)
-    assert upstream.recorder.streams_reset == 1
+    assert upstream.recorder.wait_for(lambda rec: rec.streams_reset == 1), upstream.recorder
     # the proxy keeps serving
     ok = http.post(CHAT["openai"], json=_body("openai", "after reset"))
     assert ok.status_code == 200
@@ -290,7 +290,7 @@ def test_many_resets_do_not_break_the_proxy(http, upstream):
         assert r.status_code == 200
     r = http.post(CHAT["openai"], json=_body("openai", stream=True))
     assert parse_sse(r.content)[-1]["data"] == "[DONE]"
-    assert upstream.recorder.streams_reset == 10
+    assert upstream.recorder.wait_for(lambda rec: rec.streams_reset == 10), upstream.recorder
 
 
 # ----------------------------------------------------------------------------- client disconnect

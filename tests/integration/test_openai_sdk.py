@@ -49,7 +49,7 @@ def test_chat_completion_stream(openai_client, upstream):
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert content == expected_reply("", 6)
     assert len(chunks) == 6 + 2  # role chunk, 6 pieces, finish chunk; [DONE] ends the iteration
-    assert upstream.recorder.streams_completed == 1
+    assert upstream.recorder.wait_for(lambda rec: rec.streams_completed == 1), upstream.recorder
 
 
 def test_chat_completion_stream_include_usage(openai_client, upstream):
@@ -180,4 +180,4 @@ async def test_async_client_concurrent_streams(async_openai_client, upstream):
 
     results = await asyncio.gather(*(one(i) for i in range(10)))
     assert results == [expected_reply(f"request number {i}") for i in range(10)]
-    assert upstream.recorder.streams_completed == 10
+    assert upstream.recorder.wait_for(lambda rec: rec.streams_completed == 10), upstream.recorder

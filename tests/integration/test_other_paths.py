@@ -4,10 +4,8 @@ requests are routed by model pattern; paths outside /v1/ are 404."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
-import httpx
 import openai
 import pytest
 
@@ -155,7 +153,7 @@ def test_model_pattern_routes_streams_too(openai_client, upstream, local_upstrea
         model="llama-70b", messages=[{"role": "user", "content": "local stream"}], stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream) == expected_reply("local stream")
-    assert local_upstream.recorder.streams_completed == 1
+    assert local_upstream.recorder.wait_for(lambda rec: rec.streams_completed == 1), local_upstream.recorder
     assert len(upstream.recorder) == 0
 
 

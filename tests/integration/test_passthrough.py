@@ -189,3 +189,32 @@ def test_credentials_forwarded_for_both_dialects(http, upstream):
         headers={"x-api-key": "sk-ant-tenant-b", "anthropic-version": "2023-06-01"},
     )
     assert upstream.recorder.last.header("x-api-key") == "sk-ant-tenant-b"
+
+
+def test_api_key_env_replaces_client_credentials(upstream, monkeypatch):
+    from tests.conftest import serve_proxy
+    from tests.servers import proxy_config_xml
+
+    monkeypatch.setenv("CTXWARDEN_TEST_UPSTREAM_KEY", "sk-server-side-key")
+    xml = proxy_config_xml(upstream.url, api_key_env="CTXWARDEN_TEST_UPSTREAM_KEY")
+    with serve_proxy(xml) as url, httpx.Client(base_url=url, timeout=10) as client:
+        r = client.post(
+            "/v1/chat/completions",
+            json={"model": OPENAI_MODEL, "messages": [{"role": "user", "content": "x"}]},
+            headers={"authorization": "Bearer sk-client-key", "x-api-key": "sk-client-key"},
+        )
+        assert r.status_code == 200
+        got = upstream.recorder.last
+        assert got.header_all("authorization") == ["Bearer sk-server-side-key"]
+        assert "sk-client-key" not in json.dumps(got.raw_headers)
+
+        r = client.post(
+            "/v1/messages",
+            json={"model": ANTHROPIC_MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+            headers={"x-api-key": "sk-client-key", "authorization": "Bearer sk-client-key",
+                     "anthropic-version": "2023-06-01"},
+        )
+        assert r.status_code == 200
+        got = upstream.recorder.last
+        assert got.header_all("x-api-key") == ["sk-server-side-key"]
+        assert "sk-client-key" not in json.dumps(got.raw_headers)

@@ -141,4 +141,24 @@ def test_many_streams_back_to_back_on_one_connection(http, upstream):
         r = http.post(path, json=body, headers=ANTHROPIC_HEADERS if not i % 2 else {})
         assert r.status_code == 200
         assert parse_sse(r.content)
-    assert upstream.recorder.streams_completed == 20
+    assert upstream.recorder.wait_for(lambda rec: rec.streams_completed == 20), upstream.recorder
+
+
+def test_gzip_answer_relayed_intact(openai_client, anthropic_client, http, upstream):
+    """A compressed upstream answer reaches the client still compressed, with its
+    Content-Encoding, so the client's own decoding works."""
+    with httpx.Client(timeout=15) as client:
+        body = openai_body("squeeze me")
+        direct = client.post(upstream.url + "/v1/chat/completions", json=body, headers={"x-fake-gzip": "1"})
+        proxied = http.post("/v1/chat/completions", json=body, headers={"x-fake-gzip": "1"})
+    assert proxied.headers["content-encoding"] == "gzip"
+    assert proxied.json() == direct.json()
+    completion = openai_client.chat.completions.create(
+        model=OPENAI_MODEL, messages=[{"role": "user", "content": "gz"}], extra_headers={"x-fake-gzip": "1"}
+    )
+    assert completion.choices[0].message.content == "Echo: gz"
+    message = anthropic_client.messages.create(
+        model=ANTHROPIC_MODEL, max_tokens=5, messages=[{"role": "user", "content": "gz"}],
+        extra_headers={"x-fake-gzip": "1"},
+    )
+    assert message.content[0].text == "Echo: gz"

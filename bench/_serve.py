@@ -1,0 +1,69 @@
+"""Serve the fake upstream or the proxy for the benchmark: one uvicorn worker,
+uvloop + httptools, no access log. Optionally under cProfile.
+
+    python bench/_serve.py fake  --port 9001
+    python bench/_serve.py proxy --port 9002 --config cfg.xml [--profile out.prof]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["fake", "proxy"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--config")
+    parser.add_argument("--profile", help="write cProfile stats here on exit")
+    args = parser.parse_args()
+
+    import uvicorn
+
+    if args.what == "fake":
+        from tests.fake_upstream import create_app as create_fake
+
+        app = create_fake()
+    else:
+        from proxy.app import create_app
+        from proxy.config import load_config
+
+        app = create_app(load_config(args.config))
+    logging.getLogger("ctxwarden").setLevel(logging.WARNING)
+
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        workers=1,
+        backlog=4096,
+    )
+    server = uvicorn.Server(config)
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            server.run()
+        finally:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+    else:
+        server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
