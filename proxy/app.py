@@ -28,6 +28,7 @@ from .parallel import parse_task_graph, summarize
 from .gateway import Gateway, Telemetry, read_body
 from .reload import ConfigReloader
 from .routing import dialect_of
+from .tokens import get_encoding
 from .upstream import UpstreamClient
 
 log = logging.getLogger("ctxwarden")
@@ -60,6 +61,11 @@ class Proxy:
 
     async def start(self) -> None:
         config = self.initial_config
+        # Loading an encoding takes about half a second: do it before the
+        # first request, not during it.
+        for encoding in {config.token_management.default_encoding,
+                         *(m.encoding for m in config.token_management.models if m.encoding)}:
+            get_encoding(encoding)
         self.client = UpstreamClient(config.server, config.upstreams)
         self.cache = ResponseCache(make_backend(config.cache), config.cache.ttl)
         self.gate = UpstreamGate(config.server.max_connections, config.parallel_execution.resource_limit)

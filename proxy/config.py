@@ -58,6 +58,12 @@ class TokenManagement:
     rollout_percent: int = 100
     default_encoding: str = DEFAULT_ENCODING
     models: tuple[ModelSettings, ...] = ()
+    # Stable-prefix checkpoints: None lets the pipeline derive them from the
+    # budget; every=0 turns them off.
+    checkpoint_every: int | None = None
+    checkpoint_target: int | None = None
+    # Mark the end of the stable prefix with Anthropic cache_control.
+    anthropic_cache_control: bool = False
 
     def encoding_for(self, model: str) -> str:
         for m in self.models:
@@ -313,7 +319,13 @@ def _build_token_management(node, source: str, issues: list[ConfigIssue]) -> Tok
                                      int(m.get("context_window")) if m.get("context_window") else None)
                        for m in models_node.findall("model"))
         _check_encodings(models_node, source, issues)
+    checkpoint = node.find("checkpoint")
     return TokenManagement(
+        checkpoint_every=None if checkpoint is None or checkpoint.get("every") is None
+        else int(checkpoint.get("every")),
+        checkpoint_target=None if checkpoint is None or checkpoint.get("target") is None
+        else int(checkpoint.get("target")),
+        anthropic_cache_control=checkpoint is not None and _bool(checkpoint.get("anthropic_cache_control"), False),
         budget=int(_text(node, "budget") or d.budget),
         compression_threshold=float(_text(node, "compression_threshold") or d.compression_threshold),
         pruning_distance=int(_text(node, "pruning_distance") or d.pruning_distance),
