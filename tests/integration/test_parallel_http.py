@@ -137,3 +137,31 @@ def test_run_parallel_cli_writes_jsonl_and_progress(tmp_path, fake_upstream_serv
     bad.write_text(json.dumps({"tasks": [_task("a", "x", depends_on=["a"])]}))
     refused = run_cli(["run-parallel", str(bad), "--config", str(config)])
     assert refused.returncode == 2 and "cycle" in refused.stderr
+
+
+async def test_fan_out_leaves_interactive_requests_their_share_of_the_pool(fake_upstream_server, upstream):
+    """100 slow tasks may hold at most floor(10 x 0.8) = 8 of the 10 upstream
+    connections; single requests sent meanwhile go straight through."""
+    xml = f"""<performance_optimization>
+  <parallel_execution><max_workers>64</max_workers><task_timeout>30</task_timeout>
+    <resource_limit>0.8</resource_limit></parallel_execution>
+  <server max_connections="10" max_keepalive_connections="10"/>
+  <upstreams><upstream name="openai" dialect="openai" base_url="{fake_upstream_server.url}"/></upstreams>
+</performance_optimization>"""
+    with serve_proxy(xml) as url:
+        async with httpx.AsyncClient(timeout=60) as client:
+            run = asyncio.create_task(client.post(
+                url + "/_ctxwarden/parallel", headers={"x-fake-delay": "0.2"},
+                json={"tasks": [_task(f"t{i}", f"fan-out {i}") for i in range(100)]}))
+            while sum("fan-out" in r.body.decode() for r in upstream.recorder.requests) < 8:
+                await asyncio.sleep(0.01)
+            interactive = [await client.post(url + "/v1/chat/completions",
+                                             json={"model": "m", "messages": [{"role": "user", "content": f"now {i}"}]})
+                           for i in range(5)]
+            assert not run.done(), "single requests were answered while the fan-out was still running"
+            results = (await run).json()
+    assert {r.status_code for r in interactive} == {200}
+    assert results["summary"]["ok"] == 100
+    starts = sorted(r.received_at for r in upstream.recorder.requests if "fan-out" in r.body.decode())
+    # Tasks arrive in waves of at most 8: the 9th starts only after the first finished.
+    assert starts[8] - starts[0] >= 0.15
