@@ -25,9 +25,10 @@ from .errors import BadRequest, ProxyError, Unauthorized, error_response
 from .fanout import run_parallel
 from .gate import UpstreamGate
 from .parallel import parse_task_graph, summarize
-from .gateway import Gateway, Telemetry, read_body
+from .gateway import Gateway, read_body
 from .reload import ConfigReloader
 from .routing import dialect_of
+from .telemetry import Telemetry
 from .tokens import get_encoding
 from .upstream import UpstreamClient
 

@@ -19,11 +19,9 @@ from .chat import prepare_chat
 from .config import Config, Upstream
 from .errors import (NotFound, PayloadTooLarge, ProxyError, UpstreamTimeout, UpstreamUnavailable,
                      error_response)
-from .logs import log_request
-from .metrics import Metrics
 from .records import RequestRecord
 from .routing import Router, chat_dialect, dialect_of
-from .stats import LiveStats
+from .telemetry import Telemetry
 from .upstream import CLIENT_GONE, WHOLE_BODY_LIMIT, UpstreamClient, relay
 
 log = logging.getLogger("ctxwarden")
@@ -49,28 +47,6 @@ class Incoming:
             if key.lower() == name:
                 return value.decode("latin-1")
         return ""
-
-
-class Telemetry:
-    """Where finished requests go: metrics, live stats, the request log."""
-
-    def __init__(self) -> None:
-        self.metrics = Metrics()
-        self.stats = LiveStats()
-
-    def start(self, record: RequestRecord) -> None:
-        self.metrics.in_flight.inc()
-
-    def finish(self, record: RequestRecord) -> None:
-        record.finish()
-        self.metrics.in_flight.dec()
-        self.metrics.observe(record)
-        self.stats.observe(record)
-        log_request(record)
-
-    async def finished(self, record: RequestRecord) -> None:
-        # A coroutine, so Starlette runs it on the loop, not in a worker thread.
-        self.finish(record)
 
 
 class Gateway:

@@ -1,0 +1,30 @@
+"""Where finished requests go: Prometheus metrics, live stats, the request log."""
+
+from __future__ import annotations
+
+from .logs import log_request
+from .metrics import Metrics
+from .records import RequestRecord
+from .stats import LiveStats
+
+
+class Telemetry:
+    """Where finished requests go: metrics, live stats, the request log."""
+
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+        self.stats = LiveStats()
+
+    def start(self, record: RequestRecord) -> None:
+        self.metrics.in_flight.inc()
+
+    def finish(self, record: RequestRecord) -> None:
+        record.finish()
+        self.metrics.in_flight.dec()
+        self.metrics.observe(record)
+        self.stats.observe(record)
+        log_request(record)
+
+    async def finished(self, record: RequestRecord) -> None:
+        # A coroutine, so Starlette runs it on the loop, not in a worker thread.
+        self.finish(record)
