@@ -113,6 +113,8 @@ class Gateway:
         return response
 
     async def _finished(self, record: RequestRecord) -> None:
+        # A coroutine, so Starlette's BackgroundTask runs it on the loop, not in
+        # a worker thread.
         if record.tap is not None:
             # Normally ended by the relay already; this catches a stream whose
             # body was never iterated, so coalesced followers are not left waiting.

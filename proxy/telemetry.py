@@ -24,7 +24,3 @@ class Telemetry:
         self.metrics.observe(record)
         self.stats.observe(record)
         log_request(record)
-
-    async def finished(self, record: RequestRecord) -> None:
-        # A coroutine, so Starlette runs it on the loop, not in a worker thread.
-        self.finish(record)

@@ -49,8 +49,10 @@ def anchor_unit(messages) -> int:
     return -1
 
 
-def classify(messages: tuple, plan: RewritePlan) -> tuple:
-    """Set ``tier`` and ``hops`` on every message. Returns (messages, report)."""
+def classify(messages: tuple, plan: RewritePlan, hops: bool = True) -> tuple:
+    """Set ``tier`` and ``hops`` on every message. Returns (messages, report).
+
+    ``hops=False`` skips the hop graph (tiers do not depend on it; ``hops`` stays None)."""
     if not messages:
         return messages, {"stage": "classify"}
     focus = focus_units(messages)
@@ -60,7 +62,7 @@ def classify(messages: tuple, plan: RewritePlan) -> tuple:
         by_unit.setdefault(m.unit, []).append(m)
         if m.is_system or m.unknown:
             critical_units.add(m.unit)
-    dist = hop_distances(messages, focus)
+    dist = hop_distances(messages, focus) if hops else {}
     anchor = anchor_unit(messages)
     units_sorted = sorted(by_unit)
     order = {u: i for i, u in enumerate(units_sorted)}

@@ -155,6 +155,7 @@ def cached_terms(text: str) -> dict:
     return terms_of(text)
 
 
+@lru_cache(maxsize=65536)
 def is_salient(term: str) -> bool:
     """Structured identifiers: paths, dotted/snake/camel names, codes, long words."""
     if term[0].isdigit():

@@ -5,6 +5,10 @@ from dataclasses import dataclass
 
 from ..tokens import DEFAULT_ENCODING
 
+# defaults when the config does not set <checkpoint every=".." target=".."/>
+DEFAULT_EVERY_SHARE = (1, 3)     # E = budget * 1/3
+DEFAULT_TARGET_SHARE = (3, 16)   # C = budget * 3/16
+
 
 @dataclass(frozen=True)
 class RewritePlan:
@@ -18,6 +22,10 @@ class RewritePlan:
     critical_overflow      "passthrough" or "reject" when the critical part alone
                            exceeds ``budget``
     encoding               tiktoken encoding used for counting
+    checkpoint_every       E: a checkpoint every E tokens of the original
+                           conversation (None: ``budget / 3``; 0: checkpoints off)
+    checkpoint_target      C: the old part before the checkpoint is compacted
+                           to about C tokens (None: ``budget * 3 / 16``)
     """
 
     budget: int
@@ -26,6 +34,8 @@ class RewritePlan:
     tier_shares: tuple[int, int, int, int] = (20, 40, 30, 10)
     critical_overflow: str = "passthrough"
     encoding: str = DEFAULT_ENCODING
+    checkpoint_every: int | None = None
+    checkpoint_target: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, int) or self.budget <= 0:
@@ -39,6 +49,10 @@ class RewritePlan:
             raise ValueError("tier_shares must be four non-negative numbers")
         if self.critical_overflow not in ("passthrough", "reject"):
             raise ValueError("critical_overflow must be 'passthrough' or 'reject'")
+        for name in ("checkpoint_every", "checkpoint_target"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer or None")
 
     @property
     def threshold_tokens(self) -> float:
@@ -47,3 +61,17 @@ class RewritePlan:
     def share_tokens(self) -> tuple[int, int, int, int]:
         total = sum(self.tier_shares)
         return tuple(int(self.budget * s / total) for s in self.tier_shares)  # type: ignore[return-value]
+
+    @property
+    def every_tokens(self) -> int:
+        """Checkpoint spacing E in tokens (0: checkpoints off)."""
+        if self.checkpoint_every is None:
+            return max(1, self.budget * DEFAULT_EVERY_SHARE[0] // DEFAULT_EVERY_SHARE[1])
+        return self.checkpoint_every
+
+    @property
+    def target_tokens(self) -> int:
+        """Checkpoint target C: about how many tokens the compacted old part takes."""
+        if self.checkpoint_target is None:
+            return max(1, self.budget * DEFAULT_TARGET_SHARE[0] // DEFAULT_TARGET_SHARE[1])
+        return max(1, self.checkpoint_target)

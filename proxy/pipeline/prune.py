@@ -34,9 +34,12 @@ def unit_terms(messages) -> dict:
     return {u: tuple(d) for u, d in out.items()}
 
 
-def hop_distances(messages, focus_units, max_df_share: float = 0.2) -> dict:
-    """BFS distance (in hops) from any focus unit to every unit."""
-    terms = unit_terms(messages)
+def hop_distances(messages, focus_units, max_df_share: float = 0.2, terms: dict | None = None) -> dict:
+    """BFS distance (in hops) from any focus unit to every unit.
+
+    ``terms``: unit -> salient terms, when the caller already has them (else :func:`unit_terms`)."""
+    if terms is None:
+        terms = unit_terms(messages)
     units = sorted({m.unit for m in messages if m.unit >= 0})
     if not units:
         return {}
