@@ -1,6 +1,7 @@
 """Run the rewrite pipeline over real agent transcripts and print what it achieves.
 
     python bench/corpus.py [FILE.jsonl ...] [--budgets 8000,16000,32000] [--limit N] [--sample K]
+                           [--split dev|holdout|all] [--every E] [--target C]
 
 Default input: ../shared/corpus/visible.jsonl relative to the repository.
 Every turn prefix (the messages before an assistant reply) above
@@ -11,12 +12,18 @@ identifiers and figures the NEXT assistant reply mentions that also occur in
 the original request, the share still present in the rewritten request,
 beside the same for a naive recent window (system prompt + latest user
 message, then the most recent messages that fit, tool calls with their
-results) cut to the same number of tokens.  Finally it times one synthetic
-200k-token request.
+results) cut to the same number of tokens.  Prefix stability: for every
+request whose previous turn-prefix is also above the threshold, the share of
+the rewritten request's tokens (messages serialised in order) that is a
+byte-identical prefix of the previous turn's rewritten request (median), for
+ctxwarden and for the recent window.  ``--split`` picks conversations by the
+parity of sha256(conversation id): develop on ``dev``, report ``holdout`` too.
+Finally it times one synthetic 200k-token request.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import re
@@ -31,7 +38,7 @@ if str(REPO) not in sys.path:
 
 from proxy.pipeline import RewritePlan, rewrite_request  # noqa: E402
 from proxy.pipeline.invariants import check_outcome  # noqa: E402
-from proxy.tokens import clear_cache, count_message_tokens, count_request_tokens  # noqa: E402
+from proxy.tokens import clear_cache, count_message_tokens, count_request_tokens, count_text  # noqa: E402
 
 DEFAULT_CORPUS = REPO / ".." / "shared" / "corpus" / "visible.jsonl"
 
@@ -122,7 +129,13 @@ def load(paths: list) -> list:
     return convs
 
 
-def requests_for(conv: dict, threshold: float, sample: int, rng: random.Random) -> list:
+def split_of(conv: dict) -> str:
+    """dev or holdout, by the parity of sha256(conversation id)."""
+    digest = hashlib.sha256(str(conv.get("id", "")).encode("utf-8")).digest()
+    return "dev" if digest[-1] % 2 == 0 else "holdout"
+
+
+def all_requests(conv: dict, threshold: float) -> list:
     msgs = conv["messages"]
     counts = [count_message_tokens(m, "openai") for m in msgs]
     out = []
@@ -131,18 +144,45 @@ def requests_for(conv: dict, threshold: float, sample: int, rng: random.Random) 
         if m.get("role") == "assistant" and total > threshold:
             out.append(i)
         total += counts[i]
+    return out
+
+
+def requests_for(conv: dict, threshold: float, sample: int, rng: random.Random) -> list:
+    out = all_requests(conv, threshold)
     if sample and len(out) > sample:
         out = sorted(rng.sample(out, sample))
     return out
+
+
+def serialised(messages: list) -> str:
+    return "".join(json.dumps(m, ensure_ascii=False, separators=(",", ":")) for m in messages)
+
+
+def prefix_share(current: list, previous: list) -> float:
+    """Share of ``current``'s tokens (messages serialised in order) that is a byte-identical
+    prefix of ``previous``."""
+    a, b = serialised(current), serialised(previous)
+    n = min(len(a), len(b))
+    lo = 0
+    # common prefix length (compare message by message first, then characters)
+    step = 4096
+    while lo < n and a[lo:lo + step] == b[lo:lo + step]:
+        lo += step
+    hi = min(lo + step, n)
+    while lo < hi and a[lo] == b[lo]:
+        lo += 1
+    total = count_text(a)
+    return count_text(a[:lo]) / total if total else 1.0
 
 
 def pct(a: float, b: float) -> float:
     return 100.0 * a / b if b else 0.0
 
 
-def run_budget(convs: list, budget: int, sample: int, seed: int) -> dict:
-    plan = RewritePlan(budget=budget)
+def run_budget(convs: list, budget: int, sample: int, seed: int, every=None, target=None) -> dict:
+    plan = RewritePlan(budget=budget, checkpoint_every=every, checkpoint_target=target)
     rng = random.Random(seed)
+    stab, win_stab = [], []
     n = 0
     before_total = after_total = 0
     reductions, times = [], []
@@ -153,6 +193,8 @@ def run_budget(convs: list, budget: int, sample: int, seed: int) -> dict:
     warnings = refused = 0
     for conv in convs:
         msgs = conv["messages"]
+        every_turn = all_requests(conv, plan.threshold_tokens)
+        previous_of = {b: a for a, b in zip(every_turn, every_turn[1:])}
         for i in requests_for(conv, plan.threshold_tokens, sample, rng):
             body = {"model": "bench", "messages": msgs[:i]}
             t0 = time.perf_counter()
@@ -173,6 +215,12 @@ def run_budget(convs: list, budget: int, sample: int, seed: int) -> dict:
             before_total += out.tokens_before
             after_total += out.tokens_after
             reductions.append(1 - out.tokens_after / out.tokens_before)
+            j = previous_of.get(i)
+            if j is not None:
+                prev = rewrite_request({"model": "bench", "messages": msgs[:j]}, "openai", plan)
+                stab.append(prefix_share(out.body["messages"], prev.body["messages"]))
+                win_stab.append(prefix_share(recent_window(msgs[:i], out.tokens_after),
+                                             recent_window(msgs[:j], prev.tokens_after)))
             # fact retention
             original_text = "\n".join(message_text(m) for m in msgs[:i])
             facts = [f for f in facts_of(message_text(msgs[i])) if present(f, original_text)]
@@ -201,6 +249,10 @@ def run_budget(convs: list, budget: int, sample: int, seed: int) -> dict:
         "retention": pct(kept_facts, all_facts), "window_retention": pct(window_facts, all_facts),
         "retention_mean": 100 * statistics.mean(per_req_ret) if per_req_ret else 0.0,
         "window_retention_mean": 100 * statistics.mean(per_req_win) if per_req_win else 0.0,
+        "stability": 100 * statistics.median(stab) if stab else 0.0,
+        "window_stability": 100 * statistics.median(win_stab) if win_stab else 0.0,
+        "stability_mean": 100 * statistics.mean(stab) if stab else 0.0,
+        "pairs": len(stab),
     }
 
 
@@ -275,18 +327,25 @@ def main(argv=None) -> int:
                     help="at most K requests per conversation and budget (seeded random pick)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-synthetic", action="store_true")
+    ap.add_argument("--split", choices=("dev", "holdout", "all"), default="all",
+                    help="conversations by sha256(id) parity; develop on dev only")
+    ap.add_argument("--every", type=int, default=None, help="checkpoint every E tokens (default budget/2; 0 off)")
+    ap.add_argument("--target", type=int, default=None, help="checkpoint target C tokens (default budget/8)")
     args = ap.parse_args(argv)
     paths = args.files or [str(DEFAULT_CORPUS)]
     convs = load(paths)
+    if args.split != "all":
+        convs = [c for c in convs if split_of(c) == args.split]
     if args.limit:
         convs = convs[: args.limit]
     budgets = [int(b) for b in args.budgets.split(",") if b]
-    print(f"corpus: {', '.join(paths)}  conversations: {len(convs)}"
+    print(f"corpus: {', '.join(paths)}  split: {args.split}  conversations: {len(convs)}"
           f"{'  sample/conv: ' + str(args.sample) if args.sample else ''}")
-    rows = [run_budget(convs, b, args.sample, args.seed) for b in budgets]
+    rows = [run_budget(convs, b, args.sample, args.seed, args.every, args.target) for b in budgets]
     header = (f"{'budget':>7} {'reqs':>5} {'tok before':>11} {'tok after':>10} {'red tot':>7} {'red med':>7} "
               f"{'ms med':>7} {'ms max':>7} {'ktok/s':>7} {'viol':>4} {'warn':>4} "
-              f"{'facts':>6} {'retain':>7} {'window':>7} {'ret/req':>7} {'win/req':>7}")
+              f"{'facts':>6} {'retain':>7} {'window':>7} {'ret/req':>7} {'win/req':>7} "
+              f"{'stab':>6} {'w stab':>6}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -295,12 +354,15 @@ def main(argv=None) -> int:
               f"{r['time_median_ms']:>7.1f} {r['time_max_ms']:>7.1f} {r['tokens_per_s'] / 1000:>7.0f} "
               f"{r['violations']:>4} {r['warnings']:>4} {r['facts']:>6} "
               f"{r['retention']:>6.1f}% {r['window_retention']:>6.1f}% "
-              f"{r['retention_mean']:>6.1f}% {r['window_retention_mean']:>6.1f}%")
+              f"{r['retention_mean']:>6.1f}% {r['window_retention_mean']:>6.1f}% "
+              f"{r['stability']:>5.1f}% {r['window_stability']:>5.1f}%")
     for r in rows:
         for ex in r["violation_examples"]:
             print("violation:", r["budget"], ex)
     print("retain/window: pooled share of next-reply facts (present in the original request) still present; "
-          "window = recent window cut to the rewrite's size; ret/req, win/req: mean per request")
+          "window = recent window cut to the rewrite's size; ret/req, win/req: mean per request;\n"
+          "stab / w stab: median share of a rewritten request's tokens that is a byte-identical prefix of the "
+          "previous turn's rewrite (ctxwarden / recent window)")
     if not args.no_synthetic:
         s = time_synthetic()
         print(f"synthetic request: {s['tokens']:,} tokens -> {s['after']:,} at 16k budget; "

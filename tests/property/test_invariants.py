@@ -2,13 +2,15 @@
 import importlib
 import json
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from proxy.pipeline import RewritePlan, rewrite_request
 from proxy.pipeline.classify import classify
 from proxy.pipeline.invariants import check_outcome
-from proxy.tokens import count_request_tokens
+from proxy.pipeline.checkpoint import TAIL_MAX_DIVISOR
+from proxy.pipeline.model import MARKER_PREFIX
+from proxy.tokens import count_message_tokens, count_request_tokens
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.data_too_large])
@@ -138,12 +140,19 @@ def plan_for(draw, body, dialect):
     else:  # mostly budgets the critical part fits in, so the rewrite itself is exercised
         critical = critical_tokens(body, dialect)
         budget = draw(st.integers(min_value=max(50, critical), max_value=max(60, critical, total)))
+    every = draw(st.sampled_from([None, None, 0, "small", "mid"]))
+    if every == "small":
+        every = max(1, total // 5)
+    elif every == "mid":
+        every = max(1, total // 2)
     return RewritePlan(
         budget=budget,
         compression_threshold=draw(st.sampled_from([0.0, 0.3, 0.7, 1.0])),
         pruning_distance=draw(st.integers(0, 4)),
         tier_shares=draw(st.sampled_from([(20, 40, 30, 10), (10, 10, 70, 10), (50, 50, 0, 0), (25, 25, 25, 25)])),
         critical_overflow=draw(st.sampled_from(["passthrough", "reject"])),
+        checkpoint_every=every,
+        checkpoint_target=draw(st.sampled_from([None, 50, 300, 2000])),
     )
 
 
@@ -198,3 +207,90 @@ def test_rewrites_when_possible(data):
     out = assert_invariants(body, "openai", plan)
     if out.critical_tokens <= plan.budget and out.warning is None and total > plan.budget:
         assert out.changed and out.tokens_after <= plan.budget
+
+
+# ---------------------------------------------------------------- stable prefixes
+
+@st.composite
+def openai_turn(draw, n):
+    k = draw(st.integers(1, 2))
+    calls = [{"id": f"ext_{n}_{j}", "type": "function",
+              "function": {"name": "bash", "arguments": json.dumps({"command": f"cat {draw(st.sampled_from(FILES))}"})}}
+             for j in range(k)]
+    turn = [{"role": "assistant", "content": draw(st.sampled_from([None, "Next."])), "tool_calls": calls}]
+    turn += [{"role": "tool", "tool_call_id": c["id"], "content": draw(tool_output())} for c in calls]
+    if draw(st.booleans()):
+        turn.append({"role": "user", "content": draw(st.sampled_from(["continue", "now run the tests"]))})
+    return turn
+
+
+@st.composite
+def anthropic_turn(draw, n):
+    k = draw(st.integers(1, 2))
+    ids = [f"ext_{n}_{j}" for j in range(k)]
+    uses = [{"type": "tool_use", "id": i, "name": "bash", "input": {"command": f"cat {draw(st.sampled_from(FILES))}"}}
+            for i in ids]
+    results = [{"type": "tool_result", "tool_use_id": i, "content": draw(tool_output())} for i in ids]
+    return [{"role": "assistant", "content": uses}, {"role": "user", "content": results}]
+
+
+def message_tokens(body, dialect):
+    mod = importlib.import_module(f"proxy.dialects.{dialect}")
+    return sum(m.tokens for m in mod.to_conversation(body).messages)
+
+
+def critical_wire_ids(body, dialect, plan):
+    mod = importlib.import_module(f"proxy.dialects.{dialect}")
+    msgs, _ = classify(mod.to_conversation(body).messages, plan, hops=False)
+    return {id(m.wire) for m in msgs if m.tier == "critical"}
+
+
+def check_prefix_property(data, dialect, body_strategy, turn_strategy):
+    short = data.draw(body_strategy)
+    if dialect == "anthropic" and short["messages"][-1]["role"] != "user":
+        return
+    ext = data.draw(turn_strategy(1))
+    long = dict(short, messages=short["messages"] + ext)
+    if data.draw(st.booleans()):
+        long = dict(long, messages=long["messages"] + data.draw(turn_strategy(2)))
+    total = message_tokens(short, dialect)
+    plan = RewritePlan(budget=max(60, count_request_tokens(long, dialect) + 10), compression_threshold=0.0,
+                       checkpoint_every=max(1, data.draw(st.integers(total // 4, max(total // 4, total)))),
+                       checkpoint_target=data.draw(st.sampled_from([40, 200, 1000])))
+    a = rewrite_request(short, dialect, plan)
+    b = rewrite_request(long, dialect, plan)
+    if not (a.checkpoint_key and a.checkpoint_key == b.checkpoint_key):
+        event("no shared checkpoint")
+        return
+    event("shared checkpoint")
+    assert a.compacted == b.compacted
+    sa, sb = a.body["messages"], b.body["messages"]
+    assert len(sb) >= len(sa)
+    d = 0
+    while d < len(sa) and json.dumps(sa[d]) == json.dumps(sb[d]):
+        d += 1
+    # exact prefix, except a very long / duplicate text that was still pending (critical) in the
+    # shorter request: it is cut, with a ctxwarden marker, once it stops being pending
+    critical = critical_wire_ids(short, dialect, plan)
+    for j in range(d, len(sa)):
+        if json.dumps(sa[j]) == json.dumps(sb[j]):
+            continue
+        assert id(sa[j]) in critical, f"message {j} changed although it was not critical"
+        assert sa[j]["role"] == sb[j]["role"]
+        assert (MARKER_PREFIX in json.dumps(sb[j])
+                or count_message_tokens(sa[j], dialect) > plan.budget // TAIL_MAX_DIVISOR), (
+            j, d, len(sa), len(sb), sa[j], sb[j], [m["role"] for m in sa], [m["role"] for m in sb])
+    if d == len(sa):
+        assert "".join(json.dumps(m) for m in sb).startswith("".join(json.dumps(m) for m in sa))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_openai_turn_extension_keeps_the_prefix(data):
+    check_prefix_property(data, "openai", openai_body(), openai_turn)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_anthropic_turn_extension_keeps_the_prefix(data):
+    check_prefix_property(data, "anthropic", anthropic_body(), anthropic_turn)
