@@ -7,6 +7,8 @@ share entries."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 import zlib
@@ -102,6 +104,24 @@ class ResponseCache:
 
     async def store(self, key: str, answer: CachedAnswer) -> None:
         await self.backend.set(key, answer.to_bytes(), self.ttl)
+
+    async def load_checkpoint(self, key: str) -> list | None:
+        stored = await self.backend.get(key)
+        if stored is None:
+            return None
+        try:
+            compacted = json.loads(stored)
+        except ValueError:
+            return None
+        return compacted if isinstance(compacted, list) else None
+
+    async def store_checkpoint(self, key: str, compacted: tuple) -> None:
+        await self.backend.set(key, json.dumps(list(compacted), ensure_ascii=False).encode(), self.ttl)
+
+
+def checkpoint_store_key(checkpoint_key: str, credential: str) -> str:
+    """Where a conversation's compacted prefix is kept: per tenant, like answers."""
+    return "ckpt:" + hashlib.sha256(f"{credential}:{checkpoint_key}".encode()).hexdigest()
 
 
 async def follow(subscriber: Subscriber, dialect: str, stream: bool,

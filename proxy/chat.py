@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from .config import TokenManagement
 from .errors import BadRequest
-from .pipeline import RewritePlan, explain, rewrite_request
+from .pipeline import RewritePlan, checkpoint_key, explain, rewrite_request
 from .pipeline.rollout import conversation_bucket
+from .prompt_cache import mark_stable_prefix
 from .tokens import count_request_tokens
 
 log = logging.getLogger("ctxwarden.rewrite")
@@ -36,6 +37,9 @@ class ChatRequest:
     rewrite: str
     shadow_tokens_after: int | None = None
     warning: str | None = None
+    # The compacted prefix the rewrite used, to store under checkpoint_key.
+    compacted: tuple | None = None
+    checkpoint_key: str | None = None
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         headers = [(TOKENS_BEFORE, str(self.tokens_before).encode()),
@@ -62,6 +66,7 @@ def rewrite_plan(tokens: TokenManagement, body: dict) -> RewritePlan:
         budget=budget, compression_threshold=tokens.compression_threshold,
         pruning_distance=tokens.pruning_distance, tier_shares=tokens.tier_shares,
         critical_overflow=tokens.critical_overflow, encoding=tokens.encoding_for(model),
+        checkpoint_every=tokens.checkpoint_every, checkpoint_target=tokens.checkpoint_target,
     )
 
 
@@ -83,18 +88,38 @@ def parse_chat_body(raw: bytes) -> dict:
     return body
 
 
-def prepare_chat(tokens: TokenManagement, dialect: str, raw: bytes) -> ChatRequest:
-    """Parse a chat request and decide what to send upstream: the rewrite, or
-    the original bytes (below the threshold, shadow, off, excluded, failed)."""
-    body = parse_chat_body(raw)
+def rewrite_applies(tokens: TokenManagement, dialect: str, body: dict) -> bool:
+    """Whether this conversation goes through the pipeline at all (mode, rollout)."""
+    if tokens.rewrite_mode == "off":
+        return False
+    return tokens.rollout_percent >= 100 or conversation_bucket(body, dialect) < tokens.rollout_percent
+
+
+def stored_checkpoint_key(tokens: TokenManagement, dialect: str, body: dict, raw: bytes) -> str | None:
+    """The key of the compacted prefix this request can reuse, or None.
+
+    A body of no more bytes than the threshold has tokens is below it (a
+    token is at least a byte), so the common small request costs nothing here."""
     plan = rewrite_plan(tokens, body)
-    if tokens.rewrite_mode == "off" or (
-            tokens.rollout_percent < 100 and conversation_bucket(body, dialect) >= tokens.rollout_percent):
+    if len(raw) <= plan.threshold_tokens or not rewrite_applies(tokens, dialect, body):
+        return None
+    return checkpoint_key(body, dialect, plan)
+
+
+def prepare_chat(tokens: TokenManagement, dialect: str, raw: bytes, body: dict,
+                 compacted: list | None = None) -> ChatRequest:
+    """Decide what to send upstream for a parsed chat request: the rewrite, or
+    the original bytes (below the threshold, shadow, off, excluded, failed).
+
+    `compacted`: a stored compacted prefix for this conversation (see
+    `stored_checkpoint_key`); the result is the same without it, only slower."""
+    plan = rewrite_plan(tokens, body)
+    if not rewrite_applies(tokens, dialect, body):
         count = count_request_tokens(body, dialect, plan.encoding)
         return ChatRequest(dialect, body, raw, count, count,
                            "off" if tokens.rewrite_mode == "off" else "excluded")
     try:
-        outcome = rewrite_request(body, dialect, plan)
+        outcome = rewrite_request(body, dialect, plan, compacted=compacted)
     except Exception:
         # The rewrite must never cost the client its request.
         log.exception("rewrite failed; sending the request unchanged")
@@ -111,8 +136,13 @@ def prepare_chat(tokens: TokenManagement, dialect: str, raw: bytes) -> ChatReque
         raise BadRequest(outcome.refused)
     if not outcome.changed:
         return ChatRequest(dialect, body, raw, before, before, "unchanged", warning=outcome.warning)
-    content = json.dumps(outcome.body, ensure_ascii=False, separators=(",", ":")).encode()
-    return ChatRequest(dialect, outcome.body, content, before, outcome.tokens_after, "enforced")
+    rewritten = outcome.body
+    if dialect == "anthropic" and tokens.anthropic_cache_control:
+        rewritten = mark_stable_prefix(rewritten, outcome.stable_prefix)
+    content = json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode()
+    return ChatRequest(dialect, rewritten, content, before, outcome.tokens_after, "enforced",
+                       compacted=outcome.compacted, checkpoint_key=outcome.checkpoint_key)
+
 
 def explain_request(tokens: TokenManagement, dialect: str, raw: bytes) -> dict:
     body = parse_chat_body(raw)

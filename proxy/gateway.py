@@ -13,9 +13,9 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from .cache import Subscriber
-from .caching import CACHE_HEADER, ResponseCache, follow, request_policy
-from .chat import prepare_chat
+from .cache import Subscriber, credential_fingerprint
+from .caching import CACHE_HEADER, ResponseCache, checkpoint_store_key, follow, request_policy
+from .chat import ChatRequest, parse_chat_body, prepare_chat, stored_checkpoint_key
 from .config import Config, Upstream
 from .errors import (NotFound, PayloadTooLarge, ProxyError, UpstreamTimeout, UpstreamUnavailable,
                      error_response)
@@ -26,8 +26,7 @@ from .upstream import CLIENT_GONE, WHOLE_BODY_LIMIT, UpstreamClient, relay
 
 log = logging.getLogger("ctxwarden")
 
-# Bodies this large are counted and rewritten on a worker thread, so one huge
-# request does not stall every other request on the event loop.
+# Bodies larger than this are counted and rewritten on a worker thread.
 OFFLOAD_BODY_BYTES = 256 * 1024
 _ROUTES = {"openai": "chat_completions", "anthropic": "messages"}
 _UPSTREAM_ERROR_KINDS = {UpstreamUnavailable: "connect", UpstreamTimeout: "timeout"}
@@ -123,10 +122,7 @@ class Gateway:
 
     async def chat(self, request: Incoming, raw: bytes, dialect: str, record: RequestRecord) -> Response:
         started = time.perf_counter()
-        if len(raw) > OFFLOAD_BODY_BYTES:
-            chat = await anyio.to_thread.run_sync(prepare_chat, self.config.token_management, dialect, raw)
-        else:
-            chat = prepare_chat(self.config.token_management, dialect, raw)
+        chat = await self._prepare(request, raw, dialect)
         record.rewrite_seconds = time.perf_counter() - started
         record.rewrite, record.tokens_before, record.tokens_after = chat.rewrite, chat.tokens_before, chat.tokens_after
         upstream = self.router.choose(dialect, chat.body["model"])
@@ -154,6 +150,22 @@ class Gateway:
             raise
         return await relay(response, extra + [(CACHE_HEADER, b"miss")], dialect, record, record.tap)
 
+    async def _prepare(self, request: Incoming, raw: bytes, dialect: str) -> ChatRequest:
+        """Parse and rewrite, reusing and keeping the conversation's compacted
+        prefix in the cache backend (shared by replicas on Redis)."""
+        tokens = self.config.token_management
+        body = parse_chat_body(raw)
+        large = len(raw) > OFFLOAD_BODY_BYTES
+        key = await _call(large, stored_checkpoint_key, tokens, dialect, body, raw)
+        if key is None:
+            return await _call(large, prepare_chat, tokens, dialect, raw, body)
+        store_key = checkpoint_store_key(key, credential_fingerprint(request.headers))
+        compacted = await self.cache.load_checkpoint(store_key)
+        chat = await _call(large, prepare_chat, tokens, dialect, raw, body, compacted)
+        if compacted is None and chat.checkpoint_key == key and chat.compacted:
+            await self.cache.store_checkpoint(store_key, chat.compacted)
+        return chat
+
     async def _send(self, record: RequestRecord, upstream: Upstream, request: Incoming, content,
                     streamed_length: int | None = None):
         record.upstream = upstream.name
@@ -178,6 +190,12 @@ class Gateway:
         incoming = Incoming(request.method, request.url.path, request.scope["query_string"], request.headers.raw)
         response = await self._send(record, upstream, incoming, content, streamed_length)
         return await relay(response, [], stream_error_dialect=None, record=record)
+
+
+async def _call(offload: bool, function, *args):
+    # Large bodies are counted and rewritten on a worker thread, so one huge
+    # request does not stall every other request on the event loop.
+    return await anyio.to_thread.run_sync(function, *args) if offload else function(*args)
 
 
 def _declared_length(request: Request, limit: int) -> int | None:

@@ -9,8 +9,10 @@ import httpx
 import pytest
 
 from proxy.tokens import count_request_tokens
+from proxy.app import create_app
+from proxy.config import parse_config
 from tests.conftest import serve_proxy
-from tests.servers import run_cli
+from tests.servers import run_cli, serve_app
 
 BUDGET = 4000
 
@@ -182,3 +184,55 @@ def test_explain_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["tokens_after"] <= BUDGET < report["tokens_before"]
+
+
+def _agent_turns(turns: int) -> list[dict]:
+    messages = [{"role": "system", "content": "You are a coding agent."},
+                {"role": "user", "content": "Fix the failing test in src/app/models.py"}]
+    for i in range(turns):
+        messages.append({"role": "assistant", "content": None, "tool_calls": [
+            {"id": f"call_{i}", "type": "function",
+             "function": {"name": "bash", "arguments": json.dumps({"cmd": f"cat src/module_{i}.py"})}}]})
+        messages.append({"role": "tool", "tool_call_id": f"call_{i}",
+                         "content": "\n".join(f"def f_{i}_{n}(v):\n    return v * {n}" for n in range(40))})
+    return messages
+
+
+def test_checkpointed_prefix_is_stable_across_turns_and_stored(fake_upstream_server, upstream):
+    xml = _config(fake_upstream_server.url).replace(f"<budget>{BUDGET}</budget>", "<budget>12000</budget>").replace(
+        "<critical_overflow>", '<checkpoint every="6000" target="1500"/><critical_overflow>')
+    sent = []
+    app = create_app(parse_config(xml))
+    with serve_app(app) as url:
+        for turns in (20, 21, 22):
+            body = {"model": "gpt-4o-mini", "messages": _agent_turns(turns)}
+            r = _post(url, body)
+            assert r.headers["x-ctxwarden-rewrite"] == "enforced"
+            sent.append(upstream.recorder.last.json()["messages"])
+        store = app.state.proxy.cache.backend
+        assert len(store) == 1, "one compacted prefix stored for the conversation"
+        assert store.hits == 2, "the later turns reused it"
+    for previous, current in zip(sent, sent[1:]):
+        assert current[:len(previous)] == previous, "each turn's request starts with the previous one"
+
+
+def test_anthropic_stable_prefix_gets_a_cache_breakpoint(fake_upstream_server, upstream):
+    xml = _config(fake_upstream_server.url).replace(
+        "<critical_overflow>", '<checkpoint every="1500" target="600" anthropic_cache_control="true"/><critical_overflow>')
+    messages = [{"role": "user", "content": "Fix the bug in src/app/models.py"}]
+    for i in range(14):
+        messages.append({"role": "assistant", "content": [
+            {"type": "tool_use", "id": f"toolu_{i}", "name": "bash", "input": {"cmd": f"cat src/m{i}.py"}}]})
+        messages.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{i}",
+                         "content": "\n".join(f"def h_{i}_{n}(x):\n    return x + {n}" for n in range(40))}]})
+    messages.append({"role": "assistant", "content": "Read them all."})
+    messages.append({"role": "user", "content": "Which helper adds 7?"})
+    with serve_proxy(xml) as url:
+        r = httpx.post(url + "/v1/messages", timeout=15, headers={"anthropic-version": "2023-06-01"},
+                       json={"model": "claude-x", "max_tokens": 10, "messages": messages})
+    assert r.headers["x-ctxwarden-rewrite"] == "enforced"
+    sent = upstream.recorder.last.json()["messages"]
+    marked = [i for i, m in enumerate(sent) if isinstance(m["content"], list)
+              and any("cache_control" in b for b in m["content"])]
+    assert len(marked) == 1 and marked[0] < len(sent) - 1
+    assert sent[-1] == messages[-1]
