@@ -159,14 +159,19 @@ def self_cpu() -> float:
 
 
 def proc_cpu(pid: int | None) -> float:
+    """CPU seconds of a process and of its children (the workers of `serve`
+    with workers > 1), alive or already waited for."""
     if pid is None:
         return 0.0
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        own = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
     except OSError:
         return 0.0
+    return own + sum(proc_cpu(child) for child in children)
 
 
 # --------------------------------------------------------------------------- scenarios
