@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..pipeline.model import Conversation, Message, assign_units
+from ..pipeline.model import Conversation, Message, build_conversation, render_messages
 from ..tokens import DEFAULT_ENCODING, count_message_tokens, openai_fixed_tokens
 
 DIALECT = "openai"
@@ -97,32 +97,13 @@ def _message(index: int, wire: Any, encoding: str) -> Message:
 
 def to_conversation(body: dict, encoding: str = DEFAULT_ENCODING) -> Conversation:
     """Parse a Chat Completions request body. Raises ValueError if it has no message list."""
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-        raise ValueError("request body has no 'messages' list")
-    wire_messages = body["messages"]
-    messages = [_message(i, m, encoding) for i, m in enumerate(wire_messages)]
-    units = assign_units(messages)
-    latest_user = -1
-    for m in messages:
-        if m.role == "user":
-            latest_user = m.index
-    return Conversation(
-        dialect=DIALECT,
-        messages=tuple(messages),
-        fixed_tokens=openai_fixed_tokens(body, encoding),
-        structure_ok=not check_structure(wire_messages),
-        latest_user=latest_user,
-        encoding=encoding,
-        units=tuple(units),
-    )
+    fixed = openai_fixed_tokens(body, encoding) if isinstance(body, dict) else 0
+    return build_conversation(body, DIALECT, encoding, _message, fixed, check_structure)
 
 
 def render(body: dict, messages) -> dict:
-    """A new request body: every top-level field as the client sent it, new ``messages``."""
-    out = {}
-    for key, value in body.items():
-        out[key] = [m.wire for m in messages] if key == "messages" else value
-    return out
+    """A new request body: every top-level field kept, new ``messages``."""
+    return render_messages(body, messages)
 
 
 def make_marker(text: str, role: str = "user") -> dict:

@@ -167,3 +167,34 @@ def is_salient(term: str) -> bool:
     if any(c.isupper() for c in term[1:]) and any(c.islower() for c in term):
         return True  # camelCase / CamelCase
     return len(term) >= 8
+
+
+def build_conversation(body: dict, dialect: str, encoding: str, parse_message, fixed_tokens: int,
+                       structure_problems) -> Conversation:
+    """A request body as a Conversation; the dialect supplies how to read one
+    message, the tokens outside the message list and its structure check.
+    Raises ValueError if the body has no message list."""
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise ValueError("request body has no 'messages' list")
+    wire_messages = body["messages"]
+    messages = [parse_message(i, m, encoding) for i, m in enumerate(wire_messages)]
+    units = assign_units(messages)
+    latest_user = -1
+    for m in messages:
+        if m.role == "user":
+            latest_user = m.index
+    return Conversation(
+        dialect=dialect,
+        messages=tuple(messages),
+        fixed_tokens=fixed_tokens,
+        structure_ok=not structure_problems(wire_messages),
+        latest_user=latest_user,
+        encoding=encoding,
+        units=tuple(units),
+    )
+
+
+def render_messages(body: dict, messages) -> dict:
+    """A new request body: every top-level field as the client sent it, in its
+    order, with the given messages as ``messages``."""
+    return {key: [m.wire for m in messages] if key == "messages" else value for key, value in body.items()}
