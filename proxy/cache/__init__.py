@@ -4,7 +4,7 @@ The Redis backend lives in :mod:`proxy.cache.redis` and is imported only when
 configured (the ``redis`` package is an optional dependency).
 """
 
-from proxy.cache.backend import CacheBackend, NullCache
+from proxy.cache.backend import CacheBackend
 from proxy.cache.coalesce import Broadcast, InFlight, LeaderCancelled, Subscriber
 from proxy.cache.entry import CachedAnswer
 from proxy.cache.keys import (
@@ -24,7 +24,6 @@ __all__ = [
     "InFlight",
     "LeaderCancelled",
     "MemoryCache",
-    "NullCache",
     "StreamRecorder",
     "Subscriber",
     "answer_headers",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-__all__ = ["CacheBackend", "NullCache"]
+__all__ = ["CacheBackend"]
 
 
 @runtime_checkable
@@ -24,21 +24,3 @@ class CacheBackend(Protocol):
     async def delete(self, key: str) -> None: ...
 
     async def close(self) -> None: ...
-
-
-class NullCache:
-    """A backend that stores nothing (cache disabled)."""
-
-    name = "none"
-
-    async def get(self, key: str) -> bytes | None:
-        return None
-
-    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        return None
-
-    async def delete(self, key: str) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
