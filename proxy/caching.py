@@ -7,7 +7,6 @@ share entries."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -117,13 +116,6 @@ class ResponseCache:
 
     async def store_checkpoint(self, key: str, compacted: tuple) -> None:
         await self.backend.set(key, json.dumps(list(compacted), ensure_ascii=False).encode(), self.ttl)
-
-
-def checkpoint_store_key(checkpoint_key: str, credential: str) -> str:
-    """Where a conversation's compacted prefix is kept: per tenant, like answers."""
-    return "ckpt:" + hashlib.sha256(f"{credential}:{checkpoint_key}".encode()).hexdigest()
-
-
 async def follow(subscriber: Subscriber, dialect: str, stream: bool,
                  extra_headers: list[tuple[bytes, bytes]]) -> Response:
     """A coalesced follower's response: the leader's answer, as it arrives."""

@@ -13,8 +13,8 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from .cache import Subscriber, credential_fingerprint
-from .caching import CACHE_HEADER, ResponseCache, checkpoint_store_key, follow, request_policy
+from .cache import Subscriber, checkpoint_store_key, credential_fingerprint
+from .caching import CACHE_HEADER, ResponseCache, follow, request_policy
 from .chat import ChatRequest, parse_chat_body, prepare_chat, stored_checkpoint_key
 from .config import Config, Upstream
 from .errors import (NotFound, PayloadTooLarge, ProxyError, UpstreamTimeout, UpstreamUnavailable,

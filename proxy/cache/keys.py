@@ -51,7 +51,7 @@ __all__ = [
     "CREDENTIAL_HEADERS",
     "answer_headers",
     "canonical_body",
-    "checkpoint_key",
+    "checkpoint_store_key",
     "credential_fingerprint",
     "is_cacheable_request",
     "response_cache_key",
@@ -156,27 +156,11 @@ def response_cache_key(
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def checkpoint_key(
-    credential: str,
-    prefix: Any,
-    *,
-    params: Mapping[str, Any] | None = None,
-) -> str:
-    """SHA-256 hex naming a stored stable-prefix checkpoint.
-
-    ``prefix`` is the *original* (un-compacted) oldest part of the conversation
-    (any JSON value, typically the message list); ``params`` what else decides
-    the compacted result (model, target tokens, pipeline version, ...). The
-    caller's credential fingerprint is in it, so tenants never share checkpoints.
-    Store it under a namespace distinct from answers (e.g. ``"cp:" + key``).
-    """
-    material = json.dumps(
-        [_CHECKPOINT_TAG, credential, dict(params or {}), prefix],
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
+def checkpoint_store_key(checkpoint_key: str, credential: str) -> str:
+    """Where a conversation's compacted prefix is kept (``checkpoint_key`` is
+    the pipeline's hash of the original prefix): per tenant, like answers, and
+    in a namespace of its own."""
+    return "ckpt:" + hashlib.sha256(f"{_CHECKPOINT_TAG}:{credential}:{checkpoint_key}".encode()).hexdigest()
 
 
 def _number(value: Any) -> float | None:

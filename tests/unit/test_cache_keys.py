@@ -11,7 +11,7 @@ from proxy.cache.keys import (
     ANONYMOUS,
     answer_headers,
     canonical_body,
-    checkpoint_key,
+    checkpoint_store_key,
     credential_fingerprint,
     is_cacheable_request,
     response_cache_key,
@@ -205,12 +205,8 @@ def test_cache_sampled_allows_sampled_requests() -> None:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def test_checkpoint_key() -> None:
-    prefix = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    k = checkpoint_key("c1", prefix, params={"target": 2000, "model": "gpt-4o"})
-    assert len(k) == 64
-    assert k == checkpoint_key("c1", [dict(m) for m in prefix], params={"model": "gpt-4o", "target": 2000})
-    assert k != checkpoint_key("c2", prefix, params={"target": 2000, "model": "gpt-4o"})
-    assert k != checkpoint_key("c1", prefix[:1], params={"target": 2000, "model": "gpt-4o"})
-    assert k != checkpoint_key("c1", prefix, params={"target": 1000, "model": "gpt-4o"})
-    assert k != response_cache_key("openai", "/v1/chat/completions", {"messages": prefix}, "c1")
+def test_checkpoint_store_key_is_per_tenant() -> None:
+    k = checkpoint_store_key("abc", "c1")
+    assert k.startswith("ckpt:") and k == checkpoint_store_key("abc", "c1")
+    assert k != checkpoint_store_key("abc", "c2")
+    assert k != checkpoint_store_key("abd", "c1")
