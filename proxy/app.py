@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from .caching import ResponseCache, make_backend
 from .chat import explain_request
@@ -70,6 +71,7 @@ class Proxy:
         self.client = UpstreamClient(config.server, config.upstreams)
         self.cache = ResponseCache(make_backend(config.cache), config.cache.ttl)
         self.gate = UpstreamGate(config.server.max_connections, config.parallel_execution.resource_limit)
+        self.telemetry.metrics.watch_gate(self.gate)
         self.telemetry.metrics.watch_cache_backend(self.cache.backend)
         self.gateway = Gateway(config, self.client, self.telemetry, self.cache)
         if self.config_path is not None:
@@ -108,6 +110,23 @@ class Proxy:
             raise Unauthorized("this admin endpoint needs the ctxwarden admin token")
 
 
+class ProxiedRequests:
+    """The ASGI endpoint for everything proxied: an instance rather than a
+    function so Starlette hands it the raw ASGI call, and the interactive slot
+    of the upstream gate is held until the whole response (stream included)
+    has been sent, and released on every path."""
+
+    def __init__(self, proxy: Proxy):
+        self.proxy = proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        proxy = self.proxy
+        assert proxy.gateway is not None and proxy.gate is not None
+        async with proxy.gate.interactive():
+            response = await proxy.gateway.handle(Request(scope, receive))
+            await response(scope, receive, send)
+
+
 def _dialect_for_error(request: Request) -> str:
     return dialect_of(request.url.path, "anthropic-version" in request.headers)
 
@@ -144,9 +163,6 @@ def create_app(config: Config, config_path: str | None = None, last_good_path: s
                 tasks.cancel_scope.cancel()
                 await proxy.close()
 
-    async def proxied(request: Request) -> Response:
-        assert proxy.gateway is not None
-        return await proxy.gateway.handle(request)
 
     def admin(endpoint):
         async def guarded(request: Request) -> Response:
@@ -211,7 +227,7 @@ def create_app(config: Config, config_path: str | None = None, last_good_path: s
             Route("/metrics", admin(metrics), methods=["GET"]),
             # Browsers ask for it on any page; answering here keeps it out of the stats.
             Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
-            Route("/{path:path}", proxied, methods=methods),
+            Route("/{path:path}", ProxiedRequests(proxy), methods=methods),
         ],
         exception_handlers={ProxyError: _proxy_error},
         lifespan=lifespan,

@@ -8,7 +8,7 @@ from clients."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -49,6 +49,8 @@ class Metrics:
         self.parallel_tasks = Gauge("ctxwarden_parallel_tasks_in_flight", "Parallel tasks running", registry=r)
         self._cache_backends: list = []
         r.register(_CacheBackendCollector(self._cache_backends))
+        self._gates: list = []
+        r.register(_GateCollector(self._gates))
         self.config_reloads = Counter("ctxwarden_config_reloads", "Config reload attempts", ["result"], registry=r)
         self.config_last_reload_ok = Gauge("ctxwarden_config_last_reload_successful",
                                            "1 when the last reload attempt succeeded", registry=r)
@@ -73,6 +75,10 @@ class Metrics:
         """Export a cache backend's own failure count (Redis keeps one)."""
         self._cache_backends.append(backend)
 
+    def watch_gate(self, gate) -> None:
+        """Export the upstream gate's slots in use and waiting, by kind."""
+        self._gates.append(gate)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -87,3 +93,21 @@ class _CacheBackendCollector(Collector):
         for backend in self._backends:
             family.add_metric([backend.name], getattr(backend, "failures", 0))
         yield family
+
+
+class _GateCollector(Collector):
+    def __init__(self, gates: list):
+        self._gates = gates
+
+    def collect(self):
+        in_use = GaugeMetricFamily("ctxwarden_upstream_slots_in_use", "Upstream gate slots held", labels=["kind"])
+        waiting = GaugeMetricFamily("ctxwarden_upstream_slots_waiting", "Callers queued for an upstream slot",
+                                    labels=["kind"])
+        for gate in self._gates:
+            snapshot = gate.snapshot()
+            in_use.add_metric(["interactive"], snapshot["interactive_in_use"])
+            in_use.add_metric(["fanout"], snapshot["fanout_in_use"])
+            waiting.add_metric(["interactive"], snapshot["waiting_interactive"])
+            waiting.add_metric(["fanout"], snapshot["waiting_fanout"])
+        yield in_use
+        yield waiting

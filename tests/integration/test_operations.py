@@ -60,6 +60,8 @@ def test_metrics_count_requests_tokens_and_errors(fake_upstream_server, upstream
     assert _metric(text, "ctxwarden_input_tokens_before_total", dialect="openai") > 0
     assert _metric(text, "ctxwarden_request_seconds_count", route="chat_completions") == 5
     assert _metric(text, "ctxwarden_requests_in_flight") == 0
+    assert _metric(text, "ctxwarden_upstream_slots_in_use", kind="interactive") == 0, "every slot released"
+    assert _metric(text, "ctxwarden_upstream_slots_waiting", kind="fanout") == 0
     assert "gpt-4o-mini" not in text, "no client-chosen strings as label values"
 
 
