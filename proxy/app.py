@@ -21,12 +21,12 @@ from starlette.types import Receive, Scope, Send
 from .caching import ResponseCache, make_backend
 from .chat import explain_request
 from .config import Config, ConfigError, load_config, package_file
-from .logs import configure_logging
 from .errors import BadRequest, ProxyError, Unauthorized, error_response
 from .fanout import run_parallel
 from .gate import UpstreamGate
-from .parallel import parse_task_graph, summarize
 from .gateway import Gateway, read_body
+from .logs import configure_logging
+from .parallel import parse_task_graph, summarize
 from .reload import ConfigReloader
 from .routing import dialect_of
 from .telemetry import Telemetry
@@ -40,6 +40,7 @@ log = logging.getLogger("ctxwarden")
 def dashboard_page() -> bytes:
     """The dashboard: one self-contained page (inline CSS and JS, no CDN)."""
     return package_file("dashboard.html")
+
 
 # Probes must work without the admin token; they reveal no more than up/down
 # and the reason the last reload was refused.
