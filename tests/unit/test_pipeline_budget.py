@@ -3,7 +3,7 @@ from proxy.pipeline.classify import classify
 from proxy.pipeline.plan import RewritePlan
 from proxy.pipeline.prune import is_dropped
 
-from .test_pipeline_helpers import agent_conversation, conversation
+from .pipeline_helpers import agent_conversation, conversation
 
 
 def run(body, b, **kw):

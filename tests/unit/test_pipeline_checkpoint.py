@@ -9,7 +9,7 @@ from proxy.pipeline.checkpoint import _figure_runs, _last_error_pos, find_split
 from proxy.pipeline.invariants import check_outcome
 from proxy.pipeline.model import MARKER_PREFIX
 
-from .test_pipeline_helpers import agent_conversation
+from .pipeline_helpers import agent_conversation
 
 
 def outputs(n, lines=40, start=0):

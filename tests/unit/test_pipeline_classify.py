@@ -2,7 +2,7 @@ from proxy.pipeline.classify import classify, focus_terms
 from proxy.pipeline.plan import RewritePlan
 from proxy.pipeline.prune import hop_distances
 
-from .test_pipeline_helpers import agent_conversation, conversation
+from .pipeline_helpers import agent_conversation, conversation
 
 
 def test_tiers():

@@ -4,7 +4,7 @@ from proxy.pipeline.classify import classify, focus_terms
 from proxy.pipeline.compress import compress, fold_text, minify_json, select_lines
 from proxy.pipeline.plan import RewritePlan
 
-from .test_pipeline_helpers import agent_conversation, conversation
+from .pipeline_helpers import agent_conversation, conversation
 
 
 def test_fold_text():

@@ -2,7 +2,7 @@ from proxy.pipeline.classify import classify
 from proxy.pipeline.plan import RewritePlan
 from proxy.pipeline.prune import prune
 
-from .test_pipeline_helpers import agent_conversation, conversation
+from .pipeline_helpers import agent_conversation, conversation
 
 
 def test_prunes_far_units_as_whole_units():

@@ -4,7 +4,7 @@ from proxy.pipeline import RewritePlan, explain, rewrite_request
 from proxy.pipeline.invariants import check_outcome
 from proxy.pipeline.rollout import conversation_bucket
 
-from .test_pipeline_helpers import agent_conversation
+from .pipeline_helpers import agent_conversation
 
 
 def big_body(n=30):
