@@ -186,34 +186,12 @@ class PromptCache:
 
 
 def naive_window(messages: list, budget: int) -> list:
-    """A naive sliding window at ``budget`` tokens (counted as the proxy counts them):
-    the system/developer messages and the latest user message, then the most recent
-    messages that fit, an assistant message's tool calls always kept together with
-    their results (a unit is taken whole or not at all; the first unit that does not
-    fit ends the window)."""
-    from proxy.tokens import count_message_tokens
+    """The naive sliding window at ``budget`` tokens: the same recent window
+    bench/corpus.py compares against (system + latest user message, then the
+    most recent units that fit, tool calls with their results)."""
+    from bench.corpus import recent_window
 
-    latest_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
-    required = {i for i, m in enumerate(messages) if m.get("role") in ("system", "developer")}
-    if latest_user >= 0:
-        required.add(latest_user)
-    used = 3 + sum(count_message_tokens(messages[i], "openai") for i in required)
-    units: list[list[int]] = []
-    for i, m in enumerate(messages):
-        if i in required:
-            continue
-        if m.get("role") in ("tool", "function") and units and messages[units[-1][0]].get("role") == "assistant":
-            units[-1].append(i)
-        else:
-            units.append([i])
-    chosen = set(required)
-    for unit in reversed(units):
-        t = sum(count_message_tokens(messages[i], "openai") for i in unit)
-        if used + t > budget:
-            break
-        used += t
-        chosen.update(unit)
-    return [messages[i] for i in sorted(chosen)]
+    return recent_window(messages, budget)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -104,6 +104,8 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
+from bench.overhead import stop  # noqa: E402
+
 from bench._cache_helpers import (  # noqa: E402
     PromptCache, Request, Tokens, naive_window, percentile, prefix_tokens,
 )
@@ -185,16 +187,6 @@ def start(cmd: list[str], port: int, log) -> subprocess.Popen:
         log.seek(0)
         raise SystemExit(f"could not start {' '.join(cmd)}:\n{log.read()[-4000:].decode(errors='replace')}")
     return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def take(client: httpx.Client, fake: str) -> list[dict]:
