@@ -25,6 +25,9 @@ from typing import Iterator
 
 import pytest
 
+# The real redis-server fixtures (redis_server, redis_url, own_redis).
+pytest_plugins = ["tests.redis_server"]
+
 from tests.fake_upstream import FakeUpstream, Recorder, create_fake_upstream
 from tests.servers import closed_port, proxy_config_xml, serve_app
 

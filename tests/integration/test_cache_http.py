@@ -12,7 +12,6 @@ import openai
 import pytest
 
 from tests.conftest import serve_proxy
-from tests.redis_server import own_redis, redis_server, redis_url  # noqa: F401  (fixtures)
 
 OPENAI_BODY = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "cache me"}]}
 ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01", "x-api-key": "sk-ant-a"}
@@ -177,7 +176,7 @@ def _redis_config(upstream_url: str, url: str) -> str:
     return _config(upstream_url, f'<cache backend="redis" redis_url="{url}" key_prefix="t{time.monotonic_ns()}:"/>')
 
 
-def test_replicas_share_answers_through_redis(fake_upstream_server, upstream, redis_url):  # noqa: F811
+def test_replicas_share_answers_through_redis(fake_upstream_server, upstream, redis_url):
     config = _redis_config(fake_upstream_server.url, redis_url)
     body = _unique("replicas")
     with serve_proxy(config) as first, serve_proxy(config) as second:
@@ -187,7 +186,7 @@ def test_replicas_share_answers_through_redis(fake_upstream_server, upstream, re
     assert len(upstream.recorder) == 2
 
 
-def test_redis_outage_never_fails_a_request(fake_upstream_server, upstream, own_redis):  # noqa: F811
+def test_redis_outage_never_fails_a_request(fake_upstream_server, upstream, own_redis):
     with serve_proxy(_redis_config(fake_upstream_server.url, own_redis.url)) as url:
         body = _unique("outage")
         _post(url, body)

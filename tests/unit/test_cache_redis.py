@@ -12,7 +12,7 @@ import pytest
 from proxy.cache.backend import CacheBackend
 from proxy.cache.entry import CachedAnswer
 from proxy.cache.redis import RedisCache, redact_url
-from tests.redis_server import RedisServer, free_port, own_redis, redis_server, redis_url  # noqa: F401  (fixtures)
+from tests.redis_server import RedisServer, free_port
 
 
 def _prefix() -> str:
