@@ -514,9 +514,8 @@ class FakeUpstream:
             return None, self._bad_request(request, "fake upstream: body is not an object")
         return data, None
 
-    # -- OpenAI chat completions
-
-    async def chat_completions(self, request: Request) -> Response:
+    async def _chat_body(self, request: Request) -> tuple[dict, bytes] | Response:
+        """The parsed and raw body of a chat request, or the fault / error to answer with."""
         body = await self._record(request)
         fault = await self._faults(request, body)
         if fault is not None:
@@ -524,9 +523,18 @@ class FakeUpstream:
         data, err = await self._parse(request, body)
         if err is not None:
             return err
-        messages = data.get("messages")
-        if not isinstance(messages, list) or not data.get("model"):
+        if not isinstance(data.get("messages"), list) or not data.get("model"):
             return self._bad_request(request, "fake upstream: 'model' and 'messages' are required")
+        return data, body
+
+    # -- OpenAI chat completions
+
+    async def chat_completions(self, request: Request) -> Response:
+        parsed = await self._chat_body(request)
+        if isinstance(parsed, Response):
+            return parsed
+        data, body = parsed
+        messages = data["messages"]
         model = data["model"]
         last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
         prompt_text = " ".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
@@ -647,16 +655,11 @@ class FakeUpstream:
     # -- Anthropic messages
 
     async def messages(self, request: Request) -> Response:
-        body = await self._record(request)
-        fault = await self._faults(request, body)
-        if fault is not None:
-            return fault
-        data, err = await self._parse(request, body)
-        if err is not None:
-            return err
-        messages = data.get("messages")
-        if not isinstance(messages, list) or not data.get("model"):
-            return self._bad_request(request, "fake upstream: 'model' and 'messages' are required")
+        parsed = await self._chat_body(request)
+        if isinstance(parsed, Response):
+            return parsed
+        data, body = parsed
+        messages = data["messages"]
         model = data["model"]
         last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
         system = data.get("system")

@@ -26,6 +26,21 @@ import uvicorn
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The seed block from DESIGN.md, exactly as written.
+SEED_CONFIG = """<performance_optimization>
+  <token_management>
+    <budget>200000</budget>
+    <compression_threshold>0.7</compression_threshold>
+    <pruning_distance>3</pruning_distance>
+  </token_management>
+  <parallel_execution>
+    <max_workers>4</max_workers>
+    <task_timeout>300</task_timeout>
+    <resource_limit>0.8</resource_limit>
+  </parallel_execution>
+</performance_optimization>
+"""
+
 
 def free_port() -> int:
     """A port that was free a moment ago (small race; use bound sockets where possible)."""

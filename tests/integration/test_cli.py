@@ -6,23 +6,9 @@ import openai
 import pytest
 
 from tests.fake_upstream import expected_reply
-from tests.servers import cli_server, free_port, proxy_config_xml, run_cli
+from tests.servers import SEED_CONFIG as SEED_ONLY, cli_server, free_port, proxy_config_xml, run_cli
 
 from ._helpers import OPENAI_MODEL, assert_token_headers
-
-SEED_ONLY = """<performance_optimization>
-  <token_management>
-    <budget>200000</budget>
-    <compression_threshold>0.7</compression_threshold>
-    <pruning_distance>3</pruning_distance>
-  </token_management>
-  <parallel_execution>
-    <max_workers>4</max_workers>
-    <task_timeout>300</task_timeout>
-    <resource_limit>0.8</resource_limit>
-  </parallel_execution>
-</performance_optimization>
-"""
 
 
 def _write(tmp_path, name: str, text: str):

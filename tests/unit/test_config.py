@@ -5,21 +5,7 @@ import pytest
 from proxy.config import (
     Config, ConfigError, DEFAULT_UPSTREAMS, TokenManagement, default_config_text, load_config, parse_config,
 )
-
-SEED = """\
-<performance_optimization>
-  <token_management>
-    <budget>200000</budget>
-    <compression_threshold>0.7</compression_threshold>
-    <pruning_distance>3</pruning_distance>
-  </token_management>
-  <parallel_execution>
-    <max_workers>4</max_workers>
-    <task_timeout>300</task_timeout>
-    <resource_limit>0.8</resource_limit>
-  </parallel_execution>
-</performance_optimization>
-"""
+from tests.servers import SEED_CONFIG as SEED
 
 
 def test_seed_block_loads_exactly_as_written_with_defaults_elsewhere():
