@@ -187,11 +187,13 @@ class PromptCache:
 
 def naive_window(messages: list, budget: int) -> list:
     """The naive sliding window at ``budget`` tokens: the same recent window
-    bench/corpus.py compares against (system + latest user message, then the
-    most recent units that fit, tool calls with their results)."""
-    from bench.corpus import recent_window
+    bench/economy.py compares against (system + task, then the most recent
+    whole turns that fit)."""
+    from bench.economy import recent_window
+    from proxy.tokens import DEFAULT_ENCODING, count_message_tokens
 
-    return recent_window(messages, budget)
+    tokens = [count_message_tokens(m, "openai", DEFAULT_ENCODING) for m in messages]
+    return [messages[k] for k in recent_window(messages, tokens, budget)]
 
 
 def percentile(values: list[float], q: float) -> float:

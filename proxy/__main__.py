@@ -92,11 +92,9 @@ def _load_inputs(args: argparse.Namespace, parse: Callable[[bytes, Config], T]) 
 def _explain(args: argparse.Namespace) -> int:
     import json
 
-    from .chat import parse_chat_body, rewrite_plan
-    from .pipeline import explain
+    from .chat import explain_request
 
-    config, body = _load_inputs(args, lambda raw, _: parse_chat_body(raw))
-    report = explain(body, args.dialect, rewrite_plan(config.token_management, body))
+    _, report = _load_inputs(args, lambda raw, config: explain_request(config, args.dialect, raw))
     json.dump(report, sys.stdout, indent=2, ensure_ascii=False)
     print()
     return 0

@@ -211,7 +211,7 @@ def create_app(config: Config, config_path: str | None = None, last_good_path: s
     async def explain_endpoint(request: Request) -> Response:
         dialect = _explain_dialect(request)
         raw = await read_body(request, proxy.config.server.max_body_bytes)
-        report = await anyio.to_thread.run_sync(explain_request, proxy.config.token_management, dialect, raw)
+        report = await anyio.to_thread.run_sync(explain_request, proxy.config, dialect, raw)
         return JSONResponse(report)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]

@@ -7,7 +7,6 @@ share entries."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import zlib
@@ -18,15 +17,19 @@ from starlette.responses import Response, StreamingResponse
 
 from .cache import (
     CacheBackend, CachedAnswer, InFlight, MemoryCache, StreamRecorder, Subscriber, answer_headers,
-    credential_fingerprint, is_cacheable_request, replay_sse, response_cache_key,
+    conversation_store_key, credential_fingerprint, is_cacheable_request, replay_sse, response_cache_key,
 )
 from .cache.coalesce import Broadcast
 from .config import CacheSettings
 from .errors import ProxyError, stream_error_event
+from .pipeline import ConversationState
 
 log = logging.getLogger("ctxwarden.cache")
 
 CACHE_HEADER = b"x-ctxwarden-cache"
+# Message boundaries looked up for a conversation's state, newest first: a
+# request that adds more messages than this to a known history is replayed.
+MAX_STATE_LOOKUPS = 64
 _DECODERS = {None: None, "identity": None, "gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -104,18 +107,22 @@ class ResponseCache:
     async def store(self, key: str, answer: CachedAnswer) -> None:
         await self.backend.set(key, answer.to_bytes(), self.ttl)
 
-    async def load_checkpoint(self, key: str) -> list | None:
-        stored = await self.backend.get(key)
-        if stored is None:
-            return None
-        try:
-            compacted = json.loads(stored)
-        except ValueError:
-            return None
-        return compacted if isinstance(compacted, list) else None
+    async def load_conversation(self, tenant: str, keys: list[str]) -> ConversationState | None:
+        """The stored state of the longest known prefix of this conversation,
+        newest boundary first (a turn usually adds a message or two)."""
+        for key in reversed(keys[-MAX_STATE_LOOKUPS:]):
+            stored = await self.backend.get(conversation_store_key(key, tenant))
+            if stored is not None:
+                try:
+                    return ConversationState.from_bytes(stored)
+                except (ValueError, TypeError, KeyError):
+                    return None
+        return None
 
-    async def store_checkpoint(self, key: str, compacted: tuple) -> None:
-        await self.backend.set(key, json.dumps(list(compacted), ensure_ascii=False).encode(), self.ttl)
+    async def store_conversation(self, tenant: str, state: ConversationState) -> None:
+        await self.backend.set(conversation_store_key(state.key, tenant), state.to_bytes(), self.ttl)
+
+
 async def follow(subscriber: Subscriber, dialect: str, stream: bool,
                  extra_headers: list[tuple[bytes, bytes]]) -> Response:
     """A coalesced follower's response: the leader's answer, as it arrives."""

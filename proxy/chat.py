@@ -8,18 +8,23 @@ import json
 import logging
 from dataclasses import dataclass
 
-from .config import TokenManagement
+from .config import Config, TokenManagement
 from .errors import BadRequest
-from .pipeline import RewritePlan, checkpoint_key, explain, rewrite_request
+from .pipeline import ConversationState, RewritePlan, explain_turn, rewrite_turn
 from .pipeline.rollout import conversation_bucket
-from .prompt_cache import mark_stable_prefix
+from .pricing import Pricing, default_pricing
+from .routing import Router
 from .tokens import count_request_tokens
+from .wirejson import compact
 
 log = logging.getLogger("ctxwarden.rewrite")
 
 TOKENS_BEFORE = b"x-ctxwarden-tokens-before"
 TOKENS_AFTER = b"x-ctxwarden-tokens-after"
 REWRITE = b"x-ctxwarden-rewrite"
+REASON = b"x-ctxwarden-reason"
+COST_SENT = b"x-ctxwarden-cost-sent"
+COST_PASSTHROUGH = b"x-ctxwarden-cost-passthrough"
 SHADOW_TOKENS_AFTER = b"x-ctxwarden-shadow-tokens-after"
 WARNING = b"x-ctxwarden-warning"
 
@@ -27,7 +32,8 @@ WARNING = b"x-ctxwarden-warning"
 @dataclass(frozen=True)
 class ChatRequest:
     """A parsed chat request, the bytes to send upstream for it, and what the
-    rewrite did (`rewrite`: enforced, shadow, unchanged, off, excluded, failed)."""
+    rewrite did (`rewrite`: append, compact, passthrough, unchanged, shadow,
+    off, excluded, failed) and why."""
 
     dialect: str
     body: dict
@@ -35,16 +41,24 @@ class ChatRequest:
     tokens_before: int
     tokens_after: int
     rewrite: str
+    reason: str = ""
     shadow_tokens_after: int | None = None
     warning: str | None = None
-    # The compacted prefix the rewrite used, to store under checkpoint_key.
-    compacted: tuple | None = None
-    checkpoint_key: str | None = None
+    # estimated input cost (input-token units, the prompt cache priced in), None when not priced
+    cost_sent: float | None = None
+    cost_passthrough: float | None = None
+    # the conversation's state after this request, to store for the next
+    state: ConversationState | None = None
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         headers = [(TOKENS_BEFORE, str(self.tokens_before).encode()),
                    (TOKENS_AFTER, str(self.tokens_after).encode()),
                    (REWRITE, self.rewrite.encode())]
+        if self.reason:
+            headers.append((REASON, self.reason.encode("ascii", "replace")))
+        if self.cost_sent is not None and self.cost_passthrough is not None:
+            headers += [(COST_SENT, f"{self.cost_sent:.0f}".encode()),
+                        (COST_PASSTHROUGH, f"{self.cost_passthrough:.0f}".encode())]
         if self.shadow_tokens_after is not None:
             headers.append((SHADOW_TOKENS_AFTER, str(self.shadow_tokens_after).encode()))
         if self.warning:
@@ -52,9 +66,11 @@ class ChatRequest:
         return headers
 
 
-def rewrite_plan(tokens: TokenManagement, body: dict) -> RewritePlan:
+def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing | None = None,
+                 dialect: str = "openai") -> RewritePlan:
     """The plan for one request: the config's, with the budget capped by the
-    model's context window less the output it asks for, where both are known."""
+    model's context window less the output it asks for, where both are known,
+    priced as the upstream bills."""
     model = body["model"]
     budget = tokens.budget
     window = tokens.context_window_for(model)
@@ -66,7 +82,7 @@ def rewrite_plan(tokens: TokenManagement, body: dict) -> RewritePlan:
         budget=budget, compression_threshold=tokens.compression_threshold,
         pruning_distance=tokens.pruning_distance, tier_shares=tokens.tier_shares,
         critical_overflow=tokens.critical_overflow, encoding=tokens.encoding_for(model),
-        checkpoint_every=tokens.checkpoint_every, checkpoint_target=tokens.checkpoint_target,
+        pricing=pricing or default_pricing(dialect),
     )
 
 
@@ -95,31 +111,29 @@ def rewrite_applies(tokens: TokenManagement, dialect: str, body: dict) -> bool:
     return tokens.rollout_percent >= 100 or conversation_bucket(body, dialect) < tokens.rollout_percent
 
 
-def stored_checkpoint_key(tokens: TokenManagement, dialect: str, body: dict, raw: bytes) -> str | None:
-    """The key of the compacted prefix this request can reuse, or None.
-
-    A body of no more bytes than the threshold has tokens is below it (a
-    token is at least a byte), so the common small request costs nothing here."""
-    plan = rewrite_plan(tokens, body)
-    if len(raw) <= plan.threshold_tokens or not rewrite_applies(tokens, dialect, body):
-        return None
-    return checkpoint_key(body, dialect, plan)
+def manages(tokens: TokenManagement, dialect: str, body: dict, raw: bytes) -> bool:
+    """Whether this request's conversation state is worth looking up: it goes
+    through the rewrite and may be above the threshold.  A body of no more bytes
+    than the threshold has tokens is below it (a token is at least a byte), so
+    the common small request costs nothing here."""
+    return (len(raw) > tokens.compression_threshold * tokens.budget
+            and rewrite_applies(tokens, dialect, body))
 
 
-def prepare_chat(tokens: TokenManagement, dialect: str, raw: bytes, body: dict,
-                 compacted: list | None = None) -> ChatRequest:
+def prepare_chat(tokens: TokenManagement, dialect: str, raw: bytes, body: dict, pricing: Pricing | None = None,
+                 state: ConversationState | None = None, keys: list[str] | None = None) -> ChatRequest:
     """Decide what to send upstream for a parsed chat request: the rewrite, or
     the original bytes (below the threshold, shadow, off, excluded, failed).
 
-    `compacted`: a stored compacted prefix for this conversation (see
-    `stored_checkpoint_key`); the result is the same without it, only slower."""
-    plan = rewrite_plan(tokens, body)
+    `state`: what was stored for this conversation (see `pipeline.conversation_keys`);
+    the result is the same without it, only slower."""
+    plan = rewrite_plan(tokens, body, pricing, dialect)
     if not rewrite_applies(tokens, dialect, body):
         count = count_request_tokens(body, dialect, plan.encoding)
         return ChatRequest(dialect, body, raw, count, count,
                            "off" if tokens.rewrite_mode == "off" else "excluded")
     try:
-        outcome = rewrite_request(body, dialect, plan, compacted=compacted)
+        outcome = rewrite_turn(body, dialect, plan, state, keys)
     except Exception:
         # The rewrite must never cost the client its request.
         log.exception("rewrite failed; sending the request unchanged")
@@ -127,23 +141,25 @@ def prepare_chat(tokens: TokenManagement, dialect: str, raw: bytes, body: dict,
         return ChatRequest(dialect, body, raw, count, count, "failed",
                            warning="rewrite failed; request sent unchanged")
     before = outcome.tokens_before
+    costs = ({"cost_sent": outcome.cost_sent, "cost_passthrough": outcome.cost_passthrough}
+             if outcome.state is not None else {})
     if outcome.warning:
         log.warning("rewrite passed the request through: %s", outcome.warning)
     if tokens.rewrite_mode == "shadow":
-        return ChatRequest(dialect, body, raw, before, before, "shadow",
-                           shadow_tokens_after=outcome.tokens_after, warning=outcome.refused or outcome.warning)
-    if outcome.refused:
-        raise BadRequest(outcome.refused)
+        return ChatRequest(dialect, body, raw, before, before, "shadow", outcome.reason,
+                           shadow_tokens_after=outcome.tokens_after, warning=outcome.warning)
+    if outcome.decision == "refused":
+        raise BadRequest(outcome.reason)
     if not outcome.changed:
-        return ChatRequest(dialect, body, raw, before, before, "unchanged", warning=outcome.warning)
-    rewritten = outcome.body
-    if dialect == "anthropic" and tokens.anthropic_cache_control:
-        rewritten = mark_stable_prefix(rewritten, outcome.stable_prefix)
-    content = json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode()
-    return ChatRequest(dialect, rewritten, content, before, outcome.tokens_after, "enforced",
-                       compacted=outcome.compacted, checkpoint_key=outcome.checkpoint_key)
+        return ChatRequest(dialect, body, raw, before, before, outcome.decision, outcome.reason,
+                           warning=outcome.warning, state=outcome.state, **costs)
+    content = compact(outcome.body)
+    return ChatRequest(dialect, outcome.body, content, before, outcome.tokens_after, outcome.decision,
+                       outcome.reason, state=outcome.state, **costs)
 
 
-def explain_request(tokens: TokenManagement, dialect: str, raw: bytes) -> dict:
+def explain_request(config: Config, dialect: str, raw: bytes) -> dict:
+    """What the rewrite does to a request, priced as the upstream it would go to bills."""
     body = parse_chat_body(raw)
-    return explain(body, dialect, rewrite_plan(tokens, body))
+    pricing = Router(config.upstreams).choose(dialect, body["model"]).pricing_for(body["model"])
+    return explain_turn(body, dialect, rewrite_plan(config.token_management, body, pricing, dialect))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from lxml import etree
 
 from .cache.redis import redact_url
+from .pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing, default_pricing
 from .tokens import DEFAULT_ENCODING
 
 DEFAULT_CONFIG_NAME = "performance.xml"
@@ -53,17 +55,11 @@ class TokenManagement:
     compression_threshold: float = 0.7
     pruning_distance: int = 3
     tier_shares: tuple[int, int, int, int] = (20, 40, 30, 10)
-    critical_overflow: str = "passthrough"
+    critical_overflow: str = "fit"
     rewrite_mode: str = "enforce"
     rollout_percent: int = 100
     default_encoding: str = DEFAULT_ENCODING
     models: tuple[ModelSettings, ...] = ()
-    # Stable-prefix checkpoints: None lets the pipeline derive them from the
-    # budget; every=0 turns them off.
-    checkpoint_every: int | None = None
-    checkpoint_target: int | None = None
-    # Mark the end of the stable prefix with Anthropic cache_control.
-    anthropic_cache_control: bool = False
 
     def encoding_for(self, model: str) -> str:
         for m in self.models:
@@ -151,9 +147,23 @@ class Upstream:
     model_patterns: tuple[str, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     check_ready: bool = False
+    # Left unset, the dialect's own provider's pricing (set in __post_init__),
+    # so an upstream built in code is priced like one read from XML.
+    pricing: Pricing = None  # type: ignore[assignment]
+    # (model glob, pricing) in config order; the first match wins.
+    model_pricing: tuple[tuple[str, Pricing], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.pricing is None:
+            object.__setattr__(self, "pricing", default_pricing(self.dialect))
 
     def serves_model(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, p) for p in self.model_patterns)
+
+    def pricing_for(self, model: str) -> Pricing:
+        """How this upstream bills `model`'s input: the first matching
+        `<pricing model>`, else the upstream's default."""
+        return next((p for pattern, p in self.model_pricing if fnmatch.fnmatchcase(model, pattern)), self.pricing)
 
 
 DEFAULT_UPSTREAMS = (
@@ -236,10 +246,28 @@ def parse_config(text: str | bytes, source: str = "<string>") -> Config:
     if root.tag != "performance_optimization":
         raise ConfigError([ConfigIssue(source, root.sourceline,
                                        f"root element must be <performance_optimization>, not <{root.tag}>")])
+    issues = _removed_elements(root, source)
     schema = _load_schema()
     if not schema.validate(root):
-        raise ConfigError([ConfigIssue(source, e.line, e.message) for e in schema.error_log])
+        # A removed element's own line already says what replaced it.
+        replaced = {issue.line for issue in issues}
+        issues += [ConfigIssue(source, e.line, e.message) for e in schema.error_log if e.line not in replaced]
+    if issues:
+        raise ConfigError(issues)
     return _build(root, source)
+
+
+# Elements older versions read: refused with what replaced them, not just "not expected".
+_REMOVED_ELEMENTS = {
+    "token_management/checkpoint": "<checkpoint> was removed: the rewrite compacts only when the budget forces "
+                                   "it, priced by each upstream's <pricing>, whose markers attribute replaces "
+                                   "anthropic_cache_control",
+}
+
+
+def _removed_elements(root: etree._Element, source: str) -> list[ConfigIssue]:
+    return [ConfigIssue(source, node.sourceline, reason)
+            for path, reason in _REMOVED_ELEMENTS.items() for node in root.findall(path)]
 
 
 def _text(parent: etree._Element | None, tag: str) -> str | None:
@@ -254,7 +282,7 @@ def _build(root: etree._Element, source: str) -> Config:
     tokens = _build_token_management(root.find("token_management"), source, issues)
     parallel = _build_parallel(root.find("parallel_execution"))
     server = _build_server(root.find("server"))
-    upstreams = _build_upstreams(root.find("upstreams"))
+    upstreams = _build_upstreams(root.find("upstreams"), source, issues)
     admin = root.find("admin")
     logging_node = root.find("logging")
     cache = _build_cache(root.find("cache"), source, issues)
@@ -286,8 +314,12 @@ def _build_cache(node, source: str, issues: list[ConfigIssue]) -> CacheSettings:
     return cache
 
 
+def _xs_bool(value: str) -> bool:
+    return value in ("true", "1")
+
+
 def _bool(value: str | None, default: bool) -> bool:
-    return default if value is None else value in ("true", "1")
+    return default if value is None else _xs_bool(value)
 
 
 def _build_logging(node) -> LoggingSettings:
@@ -319,13 +351,7 @@ def _build_token_management(node, source: str, issues: list[ConfigIssue]) -> Tok
                                      int(m.get("context_window")) if m.get("context_window") else None)
                        for m in models_node.findall("model"))
         _check_encodings(models_node, source, issues)
-    checkpoint = node.find("checkpoint")
     return TokenManagement(
-        checkpoint_every=None if checkpoint is None or checkpoint.get("every") is None
-        else int(checkpoint.get("every")),
-        checkpoint_target=None if checkpoint is None or checkpoint.get("target") is None
-        else int(checkpoint.get("target")),
-        anthropic_cache_control=checkpoint is not None and _bool(checkpoint.get("anthropic_cache_control"), False),
         budget=int(_text(node, "budget") or d.budget),
         compression_threshold=float(_text(node, "compression_threshold") or d.compression_threshold),
         pruning_distance=int(_text(node, "pruning_distance") or d.pruning_distance),
@@ -378,15 +404,17 @@ def _build_server(node) -> ServerSettings:
     )
 
 
-def _build_upstreams(node) -> tuple[Upstream, ...]:
+def _build_upstreams(node, source: str, issues: list[ConfigIssue]) -> tuple[Upstream, ...]:
     if node is None:
         return DEFAULT_UPSTREAMS
     d = Timeouts()
     upstreams = []
     for u in node.findall("upstream"):
+        dialect = u.get("dialect")
+        pricing, model_pricing = _build_upstream_pricing(u, dialect, source, issues)
         upstreams.append(Upstream(
             name=u.get("name"),
-            dialect=u.get("dialect"),
+            dialect=dialect,
             base_url=u.get("base_url").rstrip("/"),
             api_key_env=u.get("api_key_env"),
             model_patterns=tuple(m.text.strip() for m in u.findall("model")),
@@ -397,5 +425,69 @@ def _build_upstreams(node) -> tuple[Upstream, ...]:
                 pool=float(u.get("pool_timeout", d.pool)),
             ),
             check_ready=_bool(u.get("check_ready"), False),
+            pricing=pricing,
+            model_pricing=model_pricing,
         ))
     return tuple(upstreams)
+
+
+# Where an unset <pricing> attribute takes its value from, by the element's @cache.
+_CACHE_KIND_DEFAULTS = {"anthropic": ANTHROPIC_PRICING, "openai": OPENAI_PRICING, "none": NO_CACHE_PRICING}
+
+# <pricing> attributes (besides model and cache) and how each one's text is read;
+# the names are Pricing's field names.
+_PRICING_ATTRIBUTES: dict[str, Callable[[str], object]] = {
+    "read": float, "write": float, "ttl": float,
+    "min_prefix_tokens": int, "max_breakpoints": int, "lookback_blocks": int,
+    "markers": _xs_bool, "prompt_cache_key": _xs_bool,
+}
+
+
+def _build_upstream_pricing(upstream, dialect: str, source: str, issues: list[ConfigIssue],
+                            ) -> tuple[Pricing, tuple[tuple[str, Pricing], ...]]:
+    """The upstream's default pricing and its per-model ones, in config order."""
+    default: Pricing | None = None
+    default_line: int | None = None
+    per_model: list[tuple[str, Pricing]] = []
+    for node in upstream.findall("pricing"):
+        pricing = _build_pricing(node, dialect, source, issues)
+        if node.get("model") is not None:
+            per_model.append((node.get("model").strip(), pricing))
+        elif default_line is None:
+            default, default_line = pricing, node.sourceline
+        else:
+            # The XSD cannot say "at most one without @model"; a second would be ignored silently.
+            issues.append(ConfigIssue(source, node.sourceline, "an upstream has at most one <pricing> without "
+                                                                f"model; the first is on line {default_line}"))
+    return default if default is not None else default_pricing(dialect), tuple(per_model)
+
+
+def _build_pricing(node, dialect: str, source: str, issues: list[ConfigIssue]) -> Pricing:
+    kind = node.get("cache")
+    base = default_pricing(dialect) if kind is None else _CACHE_KIND_DEFAULTS[kind]
+    values = {name: read(node.get(name)) for name, read in _PRICING_ATTRIBUTES.items() if node.get(name) is not None}
+    # Checked here rather than left to Pricing's own check, which knows no file or line.
+    problem = _price_problem(values, base)
+    if problem:
+        issues.append(ConfigIssue(source, node.sourceline, f"<pricing>: {problem}"))
+        # A stand-in, so the rest of the file is still checked; the config is refused anyway.
+        return base
+    return dataclasses.replace(base, **values)
+
+
+def _price_problem(values: dict[str, object], base: Pricing) -> str | None:
+    """Why the cache read and write prices (fractions of an uncached token) cannot
+    be billed, or None.  `values` are the attributes set, `base` gives the rest."""
+    read, write = values.get("read", base.read), values.get("write", base.write)
+
+    def named(name: str, value: float) -> str:
+        # A default in the message is named as one, or the user looks for it in the file.
+        return f"{name}={value:g}" + ("" if name in values else f" (the cache=\"{base.cache}\" default)")
+
+    if read < 0:
+        return f"{named('read', read)} must not be negative"
+    if write <= 0:
+        return f"{named('write', write)} must be more than 0"
+    if read > write:
+        return f"{named('read', read)} must not be more than {named('write', write)}"
+    return None

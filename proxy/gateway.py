@@ -13,9 +13,10 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from .cache import Subscriber, checkpoint_store_key, credential_fingerprint
+from .cache import Subscriber, credential_fingerprint
 from .caching import CACHE_HEADER, ResponseCache, follow, request_policy
-from .chat import ChatRequest, parse_chat_body, prepare_chat, stored_checkpoint_key
+from .chat import ChatRequest, manages, parse_chat_body, prepare_chat
+from .pipeline import conversation_keys
 from .config import Config, Upstream
 from .errors import (NotFound, PayloadTooLarge, ProxyError, UpstreamTimeout, UpstreamUnavailable,
                      error_response)
@@ -122,10 +123,13 @@ class Gateway:
 
     async def chat(self, request: Incoming, raw: bytes, dialect: str, record: RequestRecord) -> Response:
         started = time.perf_counter()
-        chat = await self._prepare(request, raw, dialect)
+        body = parse_chat_body(raw)
+        upstream = self.router.choose(dialect, body["model"])
+        chat = await self._prepare(request, raw, body, dialect, upstream)
         record.rewrite_seconds = time.perf_counter() - started
         record.rewrite, record.tokens_before, record.tokens_after = chat.rewrite, chat.tokens_before, chat.tokens_after
-        upstream = self.router.choose(dialect, chat.body["model"])
+        record.rewrite_reason = chat.reason
+        record.cost_sent, record.cost_passthrough = chat.cost_sent, chat.cost_passthrough
         extra = chat.headers()
         policy = request_policy(self.config.cache, upstream.name, request.path, chat.body,
                                 request.headers, request.header(b"cache-control"))
@@ -150,20 +154,21 @@ class Gateway:
             raise
         return await relay(response, extra + [(CACHE_HEADER, b"miss")], dialect, record, record.tap)
 
-    async def _prepare(self, request: Incoming, raw: bytes, dialect: str) -> ChatRequest:
-        """Parse and rewrite, reusing and keeping the conversation's compacted
-        prefix in the cache backend (shared by replicas on Redis)."""
+    async def _prepare(self, request: Incoming, raw: bytes, body: dict, dialect: str,
+                       upstream: Upstream) -> ChatRequest:
+        """Rewrite, continuing the conversation's state from the cache backend
+        (shared by replicas on Redis) and keeping the new state there."""
         tokens = self.config.token_management
-        body = parse_chat_body(raw)
+        pricing = upstream.pricing_for(body["model"])
         large = len(raw) > OFFLOAD_BODY_BYTES
-        key = await _call(large, stored_checkpoint_key, tokens, dialect, body, raw)
-        if key is None:
-            return await _call(large, prepare_chat, tokens, dialect, raw, body)
-        store_key = checkpoint_store_key(key, credential_fingerprint(request.headers))
-        compacted = await self.cache.load_checkpoint(store_key)
-        chat = await _call(large, prepare_chat, tokens, dialect, raw, body, compacted)
-        if compacted is None and chat.checkpoint_key == key and chat.compacted:
-            await self.cache.store_checkpoint(store_key, chat.compacted)
+        if not manages(tokens, dialect, body, raw):
+            return await _call(large, prepare_chat, tokens, dialect, raw, body, pricing)
+        keys = await _call(large, conversation_keys, body, dialect)
+        tenant = credential_fingerprint(request.headers)
+        state = await self.cache.load_conversation(tenant, keys)
+        chat = await _call(large, prepare_chat, tokens, dialect, raw, body, pricing, state, keys)
+        if chat.state is not None and (state is None or chat.state.key != state.key):
+            await self.cache.store_conversation(tenant, chat.state)
         return chat
 
     async def _send(self, record: RequestRecord, upstream: Upstream, request: Incoming, content,

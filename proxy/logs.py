@@ -46,7 +46,9 @@ def log_request(record: RequestRecord) -> None:
     fields = {
         "route": record.route, "method": record.method, "path": record.path, "status": record.status,
         "dialect": record.dialect or None, "upstream": record.upstream or None, "cache": record.cache,
-        "rewrite": record.rewrite or None, "tokens_before": record.tokens_before,
+        "rewrite": record.rewrite or None, "rewrite_reason": record.rewrite_reason or None,
+        "cost_sent": record.cost_sent, "cost_passthrough": record.cost_passthrough,
+        "tokens_before": record.tokens_before,
         "tokens_after": record.tokens_after, "error": record.error_kind or None,
         "ms_total": round(record.total_seconds * 1000, 3),
         "ms_upstream": round(record.upstream_seconds * 1000, 3),

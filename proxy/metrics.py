@@ -32,6 +32,12 @@ class Metrics:
                                     ["dialect"], registry=r)
         self.tokens_saved = Counter("ctxwarden_tokens_saved", "Input tokens removed by the rewrite",
                                     ["dialect"], registry=r)
+        self.cost_sent = Counter("ctxwarden_input_cost_sent", "Estimated input cost of chat requests as sent, "
+                                 "in input-token units with the provider's prompt cache priced in",
+                                 ["dialect"], registry=r)
+        self.cost_passthrough = Counter("ctxwarden_input_cost_passthrough", "Estimated input cost the same chat "
+                                        "requests would have had unchanged, in the same units",
+                                        ["dialect"], registry=r)
         self.rewrites = Counter("ctxwarden_rewrites", "Chat requests by rewrite decision",
                                 ["dialect", "decision"], registry=r)
         self.rewrite_seconds = Histogram("ctxwarden_rewrite_seconds", "Time to count and rewrite a chat request",
@@ -69,6 +75,9 @@ class Metrics:
             self.tokens_after.labels(record.dialect).inc(record.tokens_after)
             self.tokens_saved.labels(record.dialect).inc(record.tokens_saved)
             self.rewrites.labels(record.dialect, record.rewrite or "none").inc()
+            if record.cost_sent is not None and record.cost_passthrough is not None:
+                self.cost_sent.labels(record.dialect).inc(record.cost_sent)
+                self.cost_passthrough.labels(record.dialect).inc(record.cost_passthrough)
             self.rewrite_seconds.labels(record.dialect).observe(record.rewrite_seconds)
 
     def watch_cache_backend(self, backend) -> None:

@@ -1,9 +1,17 @@
-"""Anthropic prompt-cache breakpoints: mark the end of the stable prefix a
-checkpoint produced, so the provider bills it as a cache read next turn."""
+"""Cache hints that make the provider bill a repeated prefix as a cache read.
+
+Anthropic caches only at ``cache_control`` breakpoints: one goes at the end of
+the stable prefix (what stays until the next compaction) and one at the end
+of the request (what the next turn appends to), never more than 4 with the
+client's own, which are never moved.  OpenAI caches automatically; a
+``prompt_cache_key`` from the conversation's hash sends its requests to the
+same cache."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from .pricing import Pricing
 
 MAX_BREAKPOINTS = 4  # Anthropic's limit per request, over tools, system and messages
 EPHEMERAL = {"type": "ephemeral"}
@@ -25,30 +33,47 @@ def count_breakpoints(body: dict) -> int:
     return count
 
 
-def mark_stable_prefix(body: dict, stable_messages: int) -> dict:
+def add_cache_hints(body: dict, dialect: str, pricing: Pricing, stable_messages: int, conversation: str) -> dict:
+    """``body`` with the cache hints its upstream's pricing asks for.
+
+    Anthropic: the end of the request first (the next turn's breakpoint finds
+    it within its lookback, so everything sent is read back), then the end of
+    the stable prefix (found even when a turn adds more blocks than the
+    lookback), while the client's own leave room."""
+    if dialect == "anthropic" and pricing.cache == "anthropic" and pricing.markers:
+        messages = body.get("messages") or ()
+        marked = mark_stable_prefix(body, len(messages), pricing.lookback_blocks)
+        return mark_stable_prefix(marked, stable_messages, pricing.lookback_blocks)
+    if (dialect == "openai" and pricing.cache == "openai" and pricing.prompt_cache_key
+            and "prompt_cache_key" not in body and conversation):
+        return {**body, "prompt_cache_key": "ctxw-" + conversation[:32]}
+    return body
+
+
+def mark_stable_prefix(body: dict, stable_messages: int, lookback: int = 20) -> dict:
     """`body` with a cache_control breakpoint on the last markable block of its
-    first `stable_messages` messages; unchanged when there is no such block,
-    the client already marked that spot, or all breakpoints are in use (the
-    client's own are always kept)."""
+    first `stable_messages` messages (looking back at most `lookback`
+    messages); unchanged when there is no such block, the client already
+    marked that spot, or all breakpoints are in use (the client's own are
+    always kept).  Content given as a string is never rewritten into blocks:
+    the same message must keep its bytes on the next turn, unmarked."""
     messages = body.get("messages")
     if stable_messages <= 0 or not isinstance(messages, list) or count_breakpoints(body) >= MAX_BREAKPOINTS:
         return body
-    for index in range(min(stable_messages, len(messages)) - 1, -1, -1):
+    last = min(stable_messages, len(messages)) - 1
+    for index in range(last, max(-1, last - lookback), -1):
         message = messages[index]
         content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str) and content:
-            blocks = [{"type": "text", "text": content, "cache_control": EPHEMERAL}]
-        elif isinstance(content, list):
-            position = next((i for i in range(len(content) - 1, -1, -1)
-                             if isinstance(content[i], dict) and content[i].get("type") in _MARKABLE), None)
-            if position is None:
-                continue
-            if "cache_control" in content[position]:
-                return body
-            blocks = list(content)
-            blocks[position] = {**content[position], "cache_control": EPHEMERAL}
-        else:
+        if not isinstance(content, list):
             continue
+        position = next((i for i in range(len(content) - 1, -1, -1)
+                         if isinstance(content[i], dict) and content[i].get("type") in _MARKABLE), None)
+        if position is None:
+            continue
+        if "cache_control" in content[position]:
+            return body
+        blocks = list(content)
+        blocks[position] = {**content[position], "cache_control": EPHEMERAL}
         new_messages = list(messages)
         new_messages[index] = {**message, "content": blocks}
         return {**body, "messages": new_messages}

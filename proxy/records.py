@@ -18,6 +18,10 @@ class RequestRecord:
     status: int = 0
     cache: str = "bypass"           # hit | miss | bypass
     rewrite: str = ""               # the chat rewrite decision, see chat.ChatRequest
+    rewrite_reason: str = ""
+    # estimated input cost (input-token units, the prompt cache priced in): as sent, and passthrough's
+    cost_sent: float | None = None
+    cost_passthrough: float | None = None
     tokens_before: int | None = None
     tokens_after: int | None = None
     error_kind: str = ""            # set when the upstream failed: connect, timeout, broken_stream
@@ -30,6 +34,12 @@ class RequestRecord:
 
     def finish(self) -> None:
         self.total_seconds = time.perf_counter() - self.started
+
+    @property
+    def cost_saved(self) -> float:
+        if self.cost_sent is None or self.cost_passthrough is None:
+            return 0.0
+        return self.cost_passthrough - self.cost_sent
 
     @property
     def tokens_saved(self) -> int:

@@ -32,6 +32,8 @@ class LiveStats:
         self.upstream_errors = 0
         self.tokens_before = 0
         self.tokens_after = 0
+        self.cost_sent = 0.0
+        self.cost_passthrough = 0.0
         self.cache_hits = 0
         self.cache_misses = 0
         self._seconds: deque[_Second] = deque(maxlen=SERIES_SECONDS)
@@ -62,10 +64,14 @@ class LiveStats:
             second.tokens_after += record.tokens_after
             self.tokens_before += record.tokens_before
             self.tokens_after += record.tokens_after
+            if record.cost_sent is not None and record.cost_passthrough is not None:
+                self.cost_sent += record.cost_sent
+                self.cost_passthrough += record.cost_passthrough
             self._rewrites.append({
                 "time": round(now, 3), "dialect": record.dialect, "decision": record.rewrite,
-                "tokens_before": record.tokens_before, "tokens_after": record.tokens_after,
-                "status": record.status,
+                "reason": record.rewrite_reason, "tokens_before": record.tokens_before,
+                "tokens_after": record.tokens_after, "cost_sent": record.cost_sent,
+                "cost_passthrough": record.cost_passthrough, "status": record.status,
             })
 
     def snapshot(self) -> dict:
@@ -83,6 +89,10 @@ class LiveStats:
             "tokens_after": self.tokens_after,
             "tokens_saved": self.tokens_before - self.tokens_after,
             "reduction_ratio": round(1 - self.tokens_after / self.tokens_before, 4) if self.tokens_before else 0.0,
+            "cost_sent": round(self.cost_sent, 1),
+            "cost_passthrough": round(self.cost_passthrough, 1),
+            "bill_saved_ratio": (round(1 - self.cost_sent / self.cost_passthrough, 4)
+                                 if self.cost_passthrough else 0.0),
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
             "cache_hit_rate": round(self.cache_hits / cached, 4) if cached else 0.0,

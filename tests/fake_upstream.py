@@ -49,6 +49,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tests.strict_wire import chat_problems, describe
+
 CREATED = 1_700_000_000  # fixed so that answers are byte-for-byte reproducible
 
 
@@ -525,6 +527,10 @@ class FakeUpstream:
             return err
         if not isinstance(data.get("messages"), list) or not data.get("model"):
             return self._bad_request(request, "fake upstream: 'model' and 'messages' are required")
+        # reject what the real API rejects, so a rewrite that breaks the wire rules fails the tests
+        problems = chat_problems(_dialect(request), data)
+        if problems:
+            return self._bad_request(request, "fake upstream (strict): " + describe(problems))
         return data, body
 
     # -- OpenAI chat completions

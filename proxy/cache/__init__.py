@@ -9,7 +9,7 @@ from proxy.cache.coalesce import Broadcast, InFlight, LeaderCancelled, Subscribe
 from proxy.cache.entry import CachedAnswer
 from proxy.cache.keys import (
     answer_headers,
-    checkpoint_store_key,
+    conversation_store_key,
     credential_fingerprint,
     is_cacheable_request,
     response_cache_key,
@@ -27,7 +27,7 @@ __all__ = [
     "StreamRecorder",
     "Subscriber",
     "answer_headers",
-    "checkpoint_store_key",
+    "conversation_store_key",
     "credential_fingerprint",
     "is_cacheable_request",
     "replay_sse",

@@ -51,7 +51,7 @@ __all__ = [
     "CREDENTIAL_HEADERS",
     "answer_headers",
     "canonical_body",
-    "checkpoint_store_key",
+    "conversation_store_key",
     "credential_fingerprint",
     "is_cacheable_request",
     "response_cache_key",
@@ -70,7 +70,7 @@ SALT_ENV = "CTXWARDEN_CACHE_SALT"
 
 _CRED_TAG = b"ctxwarden-credential/v1\x00"
 _KEY_TAG = "ctxwarden-response/v1"
-_CHECKPOINT_TAG = "ctxwarden-checkpoint/v1"
+_CONVERSATION_TAG = "ctxwarden-conversation/v1"
 _DROPPED_FIELDS = ("stream", "stream_options")
 
 #: The fingerprint of a request that carries no credential header (unsalted).
@@ -156,11 +156,11 @@ def response_cache_key(
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def checkpoint_store_key(checkpoint_key: str, credential: str) -> str:
-    """Where a conversation's compacted prefix is kept (``checkpoint_key`` is
-    the pipeline's hash of the original prefix): per tenant, like answers, and
-    in a namespace of its own."""
-    return "ckpt:" + hashlib.sha256(f"{_CHECKPOINT_TAG}:{credential}:{checkpoint_key}".encode()).hexdigest()
+def conversation_store_key(conversation_key: str, credential: str) -> str:
+    """Where a conversation's state is kept (``conversation_key`` is the
+    chained hash of its original messages): per tenant, like answers, and in a
+    namespace of its own."""
+    return "conv:" + hashlib.sha256(f"{_CONVERSATION_TAG}:{credential}:{conversation_key}".encode()).hexdigest()
 
 
 def _number(value: Any) -> float | None:

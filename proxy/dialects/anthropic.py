@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..pipeline.model import Conversation, Message, build_conversation, render_messages
+from ..pipeline.model import Conversation, Message, build_conversation
 from ..tokens import DEFAULT_ENCODING, anthropic_fixed_tokens, count_message_tokens
 
 DIALECT = "anthropic"
@@ -47,7 +47,7 @@ def _tool_result_content(i: int, block: dict, segments: list, texts: list) -> tu
     return opaque, unknown
 
 
-def _message(index: int, wire: Any, encoding: str) -> Message:
+def parse_message(index: int, wire: Any, encoding: str) -> Message:
     tokens = count_message_tokens(wire, DIALECT, encoding)
     if not isinstance(wire, dict) or wire.get("role") not in ROLES:
         role = wire.get("role") if isinstance(wire, dict) and isinstance(wire.get("role"), str) else ""
@@ -104,31 +104,36 @@ def _message(index: int, wire: Any, encoding: str) -> Message:
 def to_conversation(body: dict, encoding: str = DEFAULT_ENCODING) -> Conversation:
     """Parse a Messages request body. Raises ValueError if it has no message list."""
     fixed = anthropic_fixed_tokens(body, encoding) if isinstance(body, dict) else 0
-    return build_conversation(body, DIALECT, encoding, _message, fixed, check_structure)
+    return build_conversation(body, DIALECT, encoding, parse_message, fixed, check_structure)
 
 
-def render(body: dict, messages) -> dict:
-    """A new request body: every top-level field kept, new ``messages``."""
-    return render_messages(body, messages)
+def join_turns(messages: list, ours: set[int]) -> list:
+    """The messages with ctxwarden's own user messages (positions in ``ours``)
+    joined into the neighbouring user turn as text blocks, because this
+    dialect's turns alternate: after a user turn (behind its tool results),
+    else before the next user turn, else on their own."""
+    out: list = []
+    carry: list = []
+    for position, message in enumerate(messages):
+        if position in ours:
+            blocks = _as_blocks(message.get("content"))
+            if out and isinstance(out[-1], dict) and out[-1].get("role") == "user" and not carry:
+                out[-1] = {**out[-1], "content": _as_blocks(out[-1].get("content")) + blocks}
+            elif (position + 1 < len(messages) and position + 1 not in ours and isinstance(messages[position + 1], dict)
+                    and messages[position + 1].get("role") == "user" and not _tool_results(messages[position + 1])):
+                carry.extend(blocks)
+            else:
+                out.append(message)
+            continue
+        if carry:
+            message = {**message, "content": carry + _as_blocks(message.get("content"))}
+            carry = []
+        out.append(message)
+    return out
 
 
-def make_marker(text: str, role: str) -> dict:
-    return {"role": role, "content": text}
-
-
-def marker_role(prev_role: str | None, next_role: str | None) -> str | None:
-    """Role for an omission marker between two kept messages, or None.
-
-    Only where a marker keeps alternation valid: between two messages of the
-    same role (which then need one) or before a leading assistant message.
-    """
-    if prev_role is None:
-        return "user" if next_role == "assistant" else None
-    if next_role is None:
-        return None
-    if prev_role == next_role:
-        return "assistant" if prev_role == "user" else "user"
-    return None
+def _as_blocks(content: Any) -> list:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or ())
 
 
 def _tool_uses(m: dict) -> list:
@@ -146,32 +151,47 @@ def _tool_results(m: dict) -> list:
 
 
 def check_structure(messages: Any) -> list[str]:
-    """Problems with alternation / tool_use pairing (empty list: valid)."""
+    """Problems with turn order / tool_use pairing (empty list: valid).
+
+    Consecutive messages of one role form one turn, as the API combines them:
+    the user turn after an assistant turn with tool_use blocks must open with
+    a tool_result for each of them, and no tool_result may answer anything else."""
     if not isinstance(messages, list):
         return ["messages is not a list"]
     problems: list[str] = []
-    prev = None
+    turns: list[tuple[str, list, int]] = []     # (role, blocks, index of its first message)
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             problems.append(f"message {i}: unknown role or shape")
-            prev = None
+            turns.append(("", [], i))
             continue
-        if not isinstance(m.get("content"), (str, list)):
+        content = m.get("content")
+        if not isinstance(content, (str, list)):
             problems.append(f"message {i}: content is neither a string nor a list of blocks")
-        if prev is not None and prev.get("role") == m["role"]:
-            problems.append(f"message {i}: two {m['role']} messages in a row")
-        results = _tool_results(m)
-        if results:
-            calls = _tool_uses(prev) if prev is not None and prev.get("role") == "assistant" else []
-            for r in results:
-                if r not in calls:
-                    problems.append(f"message {i}: tool_result {r!r} does not answer the previous message")
-        uses = _tool_uses(m) if m["role"] == "assistant" else []
-        if uses:
-            nxt = messages[i + 1] if i + 1 < len(messages) else None
-            answered = _tool_results(nxt) if isinstance(nxt, dict) and nxt.get("role") == "user" else []
-            for u in uses:
-                if u not in answered:
-                    problems.append(f"message {i}: tool_use {u!r} not answered in the next message")
-        prev = m
+        if turns and turns[-1][0] == m["role"]:
+            turns[-1][1].extend(_as_blocks(content) if isinstance(content, (str, list)) else [])
+        else:
+            turns.append((m["role"], _as_blocks(content) if isinstance(content, (str, list)) else [], i))
+    for (role, blocks, first), following in zip(turns, turns[1:] + [("", [], len(messages))]):
+        if role == "user":
+            results = [b.get("tool_use_id") for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
+            leading = 0
+            while leading < len(blocks) and isinstance(blocks[leading], dict) \
+                    and blocks[leading].get("type") == "tool_result":
+                leading += 1
+            if leading != len(results):
+                problems.append(f"message {first}: tool_result blocks must open the user turn")
+        if role != "assistant":
+            continue
+        uses = [b.get("id") for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"]
+        answered = [b.get("tool_use_id") for b in following[1]
+                    if isinstance(b, dict) and b.get("type") == "tool_result"] if following[0] == "user" else []
+        problems.extend(f"message {first}: tool_use {u!r} not answered in the next turn"
+                        for u in uses if u not in answered)
+        problems.extend(f"message {following[2]}: tool_result {r!r} does not answer the previous turn"
+                        for r in answered if r not in uses)
+    if turns and turns[0][0] == "user":
+        stray = [b for b in turns[0][1] if isinstance(b, dict) and b.get("type") == "tool_result"]
+        if stray:
+            problems.append("message 0: tool_result without a tool_use before it")
     return problems

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..pipeline.model import Conversation, Message, build_conversation, render_messages
+from ..pipeline.model import Conversation, Message, build_conversation
 from ..tokens import DEFAULT_ENCODING, count_message_tokens, openai_fixed_tokens
 
 DIALECT = "openai"
@@ -21,7 +21,7 @@ OPAQUE_PARTS = frozenset({"image_url", "input_audio", "file", "image", "input_im
 TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
 
-def _message(index: int, wire: Any, encoding: str) -> Message:
+def parse_message(index: int, wire: Any, encoding: str) -> Message:
     tokens = count_message_tokens(wire, DIALECT, encoding)
     if not isinstance(wire, dict) or not isinstance(wire.get("role"), str) or wire["role"] not in KNOWN_ROLES:
         role = wire.get("role") if isinstance(wire, dict) and isinstance(wire.get("role"), str) else ""
@@ -98,27 +98,12 @@ def _message(index: int, wire: Any, encoding: str) -> Message:
 def to_conversation(body: dict, encoding: str = DEFAULT_ENCODING) -> Conversation:
     """Parse a Chat Completions request body. Raises ValueError if it has no message list."""
     fixed = openai_fixed_tokens(body, encoding) if isinstance(body, dict) else 0
-    return build_conversation(body, DIALECT, encoding, _message, fixed, check_structure)
+    return build_conversation(body, DIALECT, encoding, parse_message, fixed, check_structure)
 
 
-def render(body: dict, messages) -> dict:
-    """A new request body: every top-level field kept, new ``messages``."""
-    return render_messages(body, messages)
-
-
-def make_marker(text: str, role: str = "user") -> dict:
-    return {"role": role, "content": text}
-
-
-def marker_role(prev_role: str | None, next_role: str | None) -> str | None:
-    """Role for an omission marker between two kept messages, or None for no marker.
-
-    A ``user`` note is valid anywhere except inside an assistant->tool run, and
-    runs are never split (whole units are dropped), so it is always possible.
-    """
-    if next_role in ("tool", "function"):
-        return None
-    return "user"
+def join_turns(messages: list, ours: set[int]) -> list:
+    """The messages as they are: this dialect takes user messages in a row."""
+    return messages
 
 
 def check_structure(messages: Any) -> list[str]:

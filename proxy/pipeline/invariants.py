@@ -1,100 +1,94 @@
-"""Checks of the rewrite invariants (used by the property tests and the corpus bench).
+"""The one checker of the rewrite's invariants, run on every rewrite.
 
-``check_outcome(body, dialect, plan, outcome)`` returns a list of violated
-invariants (empty when everything holds):
+``check_turn(body, sent, dialect, plan, tokens_after)`` lists what the body to
+send breaks (empty when everything holds):
 
-* the result fits the budget, or the request was refused / passed through
-  because its critical part alone exceeds it (or it was at/below threshold);
-* every top-level field other than ``messages`` is the client's, in order;
+* it fits the budget (recounted, not trusted);
+* every top-level field but ``messages`` (and the cache hints ctxwarden may
+  add: ``prompt_cache_key``) is the client's, in its order;
 * the system prompt (OpenAI system/developer messages, Anthropic ``system``)
-  and the latest user message are byte-identical;
-* tool calls and results stay paired and roles stay valid for the dialect
-  (when the input was valid);
-* kept original messages stay in their original order;
-* an unchanged outcome returns the very same body object.
+  is byte-identical, and so is the latest message the user wrote (in the
+  Anthropic dialect: its blocks other than tool results, which may share the
+  turn with a ctxwarden note since that dialect's turns alternate);
+* roles and tool-call pairing are valid for the dialect.
 """
+
 from __future__ import annotations
 
-import importlib
 import json
+from typing import Any
 
 from ..tokens import count_request_tokens
 
-
-def _dumps(value) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=False, separators=(",", ":"))
+HINT_FIELDS = frozenset({"prompt_cache_key"})
 
 
-def _latest_user(messages):
-    last = None
-    for m in messages:
-        if isinstance(m, dict) and m.get("role") == "user":
-            last = m
-    return last
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def check_outcome(body: dict, dialect: str, plan, outcome) -> list:
+def _blocks(content: Any) -> list:
+    """Content as a list of blocks, without cache markers (which move between turns)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        return []
+    return [{k: v for k, v in b.items() if k != "cache_control"} if isinstance(b, dict) else b for b in content]
+
+
+def _words(content: Any) -> list:
+    return [b for b in _blocks(content) if not (isinstance(b, dict) and b.get("type") == "tool_result")]
+
+
+def _is_user_text(message: Any) -> bool:
+    if not isinstance(message, dict) or message.get("role") != "user":
+        return False
+    content = message.get("content")
+    return not (isinstance(content, list) and content and all(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content))
+
+
+def _latest_user_kept(original: list, sent: list, dialect: str) -> bool:
+    latest = next((m for m in reversed(original) if _is_user_text(m)), None)
+    if latest is None:
+        return True
+    if dialect != "anthropic":
+        return any(m is latest or _dumps(m) == _dumps(latest) for m in sent)
+    # tool results in the user's turn may be cut to fit; what the user wrote may not
+    wanted = _words(latest.get("content"))
+    for message in sent:
+        if isinstance(message, dict) and message.get("role") == "user":
+            have = _words(message.get("content"))
+            for start in range(len(have) - len(wanted) + 1):
+                if have[start:start + len(wanted)] == wanted:
+                    return True
+    return False
+
+
+def check_turn(body: dict, sent: dict, dialect: str, plan, tokens_after: int | None = None) -> list[str]:
+    from ..dialects import anthropic, openai
+
     problems: list[str] = []
-    mod = importlib.import_module(f"proxy.dialects.{dialect}")
-    if not outcome.changed:
-        if outcome.body is not body:
-            problems.append("unchanged outcome is not the input object")
-        if (outcome.refused is None and outcome.warning is None
-                and outcome.tokens_before > plan.budget):
-            problems.append(f"over budget ({outcome.tokens_before} > {plan.budget}) but not rewritten, "
-                            "refused or warned")
-        if outcome.refused is not None and outcome.critical_tokens <= plan.budget:
-            problems.append("refused although the critical part fits")
+    if sent is body:
         return problems
-
-    new = outcome.body
-    if outcome.refused is not None:
-        problems.append("changed and refused at once")
-    if list(new.keys()) != list(body.keys()):
-        problems.append("top-level keys changed")
+    mod = anthropic if dialect == "anthropic" else openai
+    if [k for k in sent if k not in HINT_FIELDS or k in body] != list(body):
+        problems.append("top-level fields changed")
     for key, value in body.items():
-        if key != "messages" and new.get(key) is not value:
+        if key != "messages" and sent.get(key) is not value:
             problems.append(f"top-level field {key!r} changed")
-    actual = count_request_tokens(new, dialect, plan.encoding)
-    if actual != outcome.tokens_after:
-        problems.append(f"tokens_after {outcome.tokens_after} != recount {actual}")
+    actual = count_request_tokens(sent, dialect, plan.encoding)
     if actual > plan.budget:
-        problems.append(f"over budget: {actual} > {plan.budget}")
-    old_msgs = body["messages"]
-    new_msgs = new["messages"]
-    # system prompt
+        problems.append(f"over the budget: {actual} > {plan.budget} tokens")
+    if tokens_after is not None and tokens_after < actual:
+        problems.append(f"counted {tokens_after} tokens, the body has {actual}")
+    original, messages = body["messages"], sent["messages"]
     if dialect == "openai":
-        old_sys = [_dumps(m) for m in old_msgs if isinstance(m, dict) and m.get("role") in ("system", "developer")]
-        new_sys = [_dumps(m) for m in new_msgs if isinstance(m, dict) and m.get("role") in ("system", "developer")]
-        if old_sys != new_sys:
-            problems.append("system/developer messages changed")
-    elif "system" in body and _dumps(new.get("system")) != _dumps(body.get("system")):
-        problems.append("system prompt changed")
-    # latest user message
-    lu_old = _latest_user(old_msgs)
-    lu_new = _latest_user(new_msgs)
-    if lu_old is not None and (lu_new is None or _dumps(lu_old) != _dumps(lu_new)):
-        problems.append("latest user message changed")
-    # structure
-    if not mod.check_structure(old_msgs):
-        for p in mod.check_structure(new_msgs):
-            problems.append(f"structure: {p}")
-    # order of kept originals
-    pos = {id(m): i for i, m in enumerate(old_msgs)}
-    last = -1
-    for m in new_msgs:
-        i = pos.get(id(m))
-        if i is not None:
-            if i <= last:
-                problems.append("kept messages out of order")
-                break
-            last = i
-    # every unknown-shape message kept untouched
-    known = getattr(mod, "KNOWN_ROLES", getattr(mod, "ROLES", frozenset()))
-    new_ids = {id(m) for m in new_msgs}
-    for m in old_msgs:
-        if not isinstance(m, dict) or m.get("role") not in known:
-            if id(m) not in new_ids:
-                problems.append("a message of unknown shape was dropped or edited")
-                break
+        system = [m for m in original if isinstance(m, dict) and m.get("role") in ("system", "developer")]
+        kept = [m for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")]
+        if [_dumps(m) for m in system] != [_dumps(m) for m in kept]:
+            problems.append("the system messages changed")
+    if not _latest_user_kept(original, messages, dialect):
+        problems.append("the latest user message changed")
+    problems.extend(f"structure: {p}" for p in mod.check_structure(messages))
     return problems

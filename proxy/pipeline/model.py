@@ -149,12 +149,6 @@ def terms_of(text: str) -> dict:
     return out
 
 
-@lru_cache(maxsize=16384)
-def cached_terms(text: str) -> dict:
-    """Memoised :func:`terms_of` (callers must not mutate the result)."""
-    return terms_of(text)
-
-
 @lru_cache(maxsize=65536)
 def is_salient(term: str) -> bool:
     """Structured identifiers: paths, dotted/snake/camel names, codes, long words."""
@@ -167,6 +161,12 @@ def is_salient(term: str) -> bool:
     if any(c.isupper() for c in term[1:]) and any(c.islower() for c in term):
         return True  # camelCase / CamelCase
     return len(term) >= 8
+
+
+def identifiers(text: str) -> tuple[str, ...]:
+    """Distinct salient identifiers of a text (paths, dotted / snake / camel
+    names, codes, long words), in first-seen order."""
+    return tuple(term for term in terms_of(text) if is_salient(term))
 
 
 def build_conversation(body: dict, dialect: str, encoding: str, parse_message, fixed_tokens: int,
@@ -192,9 +192,3 @@ def build_conversation(body: dict, dialect: str, encoding: str, parse_message, f
         encoding=encoding,
         units=tuple(units),
     )
-
-
-def render_messages(body: dict, messages) -> dict:
-    """A new request body: every top-level field as the client sent it, in its
-    order, with the given messages as ``messages``."""
-    return {key: [m.wire for m in messages] if key == "messages" else value for key, value in body.items()}

@@ -46,8 +46,18 @@ def test_validate_shipped_default_config():
         # an unknown element on line 11
         (SEED_ONLY.replace("<resource_limit>0.8</resource_limit>", "<resource_limit>0.8</resource_limit>\n"
                            "    <bogus>1</bogus>"), 11, ["bogus"]),
+        # a cache read dearer than Anthropic's default write, on line 14
+        (SEED_ONLY.replace("  </parallel_execution>\n", "  </parallel_execution>\n  <upstreams>\n"
+                           '    <upstream name="a" dialect="anthropic" base_url="http://127.0.0.1:9">\n'
+                           '      <pricing read="2"/>\n    </upstream>\n  </upstreams>\n'),
+         14, ["<pricing>", "read=2", "write=1.25"]),
+        # the removed <checkpoint> element on line 6
+        (SEED_ONLY.replace("<pruning_distance>3</pruning_distance>",
+                           '<pruning_distance>3</pruning_distance>\n    <checkpoint every="6000"/>'),
+         6, ["<checkpoint> was removed", "<pricing>"]),
     ],
-    ids=["negative-budget", "threshold-above-1", "malformed", "unknown-element"],
+    ids=["negative-budget", "threshold-above-1", "malformed", "unknown-element", "pricing-read-above-write",
+         "removed-checkpoint"],
 )
 def test_validate_bad_config_reports_file_and_line(tmp_path, broken, line, words):
     path = _write(tmp_path, "bad.xml", broken)

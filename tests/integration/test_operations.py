@@ -79,13 +79,15 @@ def test_stats_show_rewrites_and_savings(fake_upstream_server, upstream):
                 {"role": "assistant", "content": "ok"}, {"role": "user", "content": "and now?"}]
     with serve_proxy(_config(fake_upstream_server.url, budget=4000)) as url:
         r = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": messages}, timeout=15)
-        assert r.headers["x-ctxwarden-rewrite"] == "enforced"
+        assert r.headers["x-ctxwarden-rewrite"] == "compact"
         stats = httpx.get(url + "/_ctxwarden/stats").json()
     assert stats["requests"] == 1
     assert stats["tokens_saved"] == int(r.headers["x-ctxwarden-tokens-before"]) - int(
         r.headers["x-ctxwarden-tokens-after"]) > 0
     assert 0 < stats["reduction_ratio"] < 1
-    assert stats["recent_rewrites"][0]["decision"] == "enforced"
+    assert stats["recent_rewrites"][0]["decision"] == "compact"
+    assert stats["cost_sent"] == pytest.approx(float(r.headers["x-ctxwarden-cost-sent"]), abs=0.5)
+    assert 0 < stats["bill_saved_ratio"] < 1
     assert stats["latency_ms"]["p50"] > 0
 
 
@@ -132,13 +134,13 @@ def test_reload_applies_a_good_file_and_keeps_the_last_good_one(tmp_path, fake_u
         post = lambda: httpx.post(url + "/v1/chat/completions", json=body, timeout=15)  # noqa: E731
         assert post().headers["x-ctxwarden-rewrite"] == "unchanged"
         path.write_text(_config(fake_upstream_server.url, budget=4000))
-        _wait_for(lambda: post().headers["x-ctxwarden-rewrite"] == "enforced")
+        _wait_for(lambda: post().headers["x-ctxwarden-rewrite"] in ("compact", "append"))
         path.write_text("<performance_optimization>\n<token_management><budget>-1</budget>"
                         "</token_management></performance_optimization>")
         _wait_for(lambda: "last_reload_error" in httpx.get(url + "/_ctxwarden/health").json())
         error = httpx.get(url + "/_ctxwarden/health").json()["last_reload_error"]
         assert f"{path}:2:" in error and "budget" in error
-        assert post().headers["x-ctxwarden-rewrite"] == "enforced", "last good config stays"
+        assert post().headers["x-ctxwarden-rewrite"] in ("compact", "append"), "last good config stays"
         text = httpx.get(url + "/metrics").text
         assert _metric(text, "ctxwarden_config_reloads_total", result="refused") >= 1
         assert _metric(text, "ctxwarden_config_last_reload_successful") == 0

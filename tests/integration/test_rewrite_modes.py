@@ -13,6 +13,7 @@ from proxy.app import create_app
 from proxy.config import parse_config
 from tests.conftest import serve_proxy
 from tests.servers import run_cli, serve_app
+from tests.strict_wire import anthropic_messages_problems
 
 BUDGET = 4000
 
@@ -66,14 +67,17 @@ def test_enforce_sends_a_smaller_request_that_keeps_the_rest(enforce_url, upstre
     r = _post(enforce_url, body)
     assert r.status_code == 200
     before, after = int(r.headers["x-ctxwarden-tokens-before"]), int(r.headers["x-ctxwarden-tokens-after"])
-    assert r.headers["x-ctxwarden-rewrite"] == "enforced"
+    assert r.headers["x-ctxwarden-rewrite"] in ("compact", "append")
+    assert float(r.headers["x-ctxwarden-cost-sent"]) < float(r.headers["x-ctxwarden-cost-passthrough"])
     assert before == count_request_tokens(body, "openai")
     assert after <= BUDGET < before
     sent = upstream.recorder.last.json()
     assert count_request_tokens(sent, "openai") == after
     assert sent["messages"][0] == body["messages"][0]
     assert sent["messages"][-1] == body["messages"][-1]
-    assert {k: v for k, v in sent.items() if k != "messages"} == {k: v for k, v in body.items() if k != "messages"}
+    hints = {"messages", "prompt_cache_key"}
+    assert {k: v for k, v in sent.items() if k not in hints} == {k: v for k, v in body.items() if k != "messages"}
+    assert sent["prompt_cache_key"].startswith("ctxw-")
 
 
 def test_small_request_passes_byte_for_byte(enforce_url, upstream):
@@ -106,12 +110,12 @@ def test_rollout_picks_whole_conversations(fake_upstream_server, upstream):
         decisions = {}
         for opening in openings:
             body = {"model": "gpt-4o-mini", "messages": _long_conversation(opening)}
-            first = _post(url, body).headers["x-ctxwarden-rewrite"]
+            first = _post(url, body).headers["x-ctxwarden-rewrite"] == "excluded"
             body["messages"] += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "go on"}]
-            later = _post(url, body).headers["x-ctxwarden-rewrite"]
+            later = _post(url, body).headers["x-ctxwarden-rewrite"] == "excluded"
             assert first == later, "a conversation is always or never rewritten"
             decisions[opening] = first
-    assert set(decisions.values()) == {"enforced", "excluded"}
+    assert set(decisions.values()) == {True, False}
     with serve_proxy(_config(fake_upstream_server.url, rollout=0)) as url:
         assert _post(url, _body()).headers["x-ctxwarden-rewrite"] == "excluded"
 
@@ -134,7 +138,18 @@ def test_critical_overflow_passthrough_sends_unchanged(enforce_url, upstream):
     messages = [{"role": "system", "content": "rules " * 6000}, {"role": "user", "content": "hello"}]
     r = _post(enforce_url, {"model": "gpt-4o-mini", "messages": messages})
     assert r.status_code == 200
+    assert r.headers["x-ctxwarden-rewrite"] == "passthrough" and "budget" in r.headers["x-ctxwarden-warning"]
     assert upstream.recorder.last.json()["messages"] == messages
+
+
+def test_a_pending_tool_output_over_the_budget_is_cut_to_fit(fake_upstream_server, upstream):
+    messages = _long_conversation()[:-1]
+    messages[-1] = {**messages[-1], "content": "\n".join(f"line {n}: value_{n} = {n * 7}" for n in range(3000))}
+    with serve_proxy(_config(fake_upstream_server.url, overflow="fit")) as url:
+        r = _post(url, {"model": "gpt-4o-mini", "messages": messages})
+    assert r.status_code == 200 and int(r.headers["x-ctxwarden-tokens-after"]) <= BUDGET
+    cut = upstream.recorder.last.json()["messages"][-1]["content"]
+    assert "lines omitted]" in cut and cut.startswith("line 0: ") and cut.endswith("line 2999: value_2999 = 20993")
 
 
 def test_anthropic_sdk_conversation_is_rewritten(enforce_url, upstream):
@@ -151,14 +166,15 @@ def test_anthropic_sdk_conversation_is_rewritten(enforce_url, upstream):
     client = anthropic.Anthropic(base_url=enforce_url, api_key="sk-ant-test", max_retries=0)
     raw = client.messages.with_raw_response.create(model="claude-test-model", max_tokens=64,
                                                   system="You are careful.", messages=messages)
-    assert raw.headers["x-ctxwarden-rewrite"] == "enforced"
+    assert raw.headers["x-ctxwarden-rewrite"] in ("compact", "append")
     assert int(raw.headers["x-ctxwarden-tokens-after"]) <= BUDGET
     assert raw.parse().content[0].type == "text"
     sent = upstream.recorder.last.json()
     assert sent["system"] == "You are careful."
-    assert sent["messages"][-1] == messages[-1]
-    roles = [m["role"] for m in sent["messages"]]
-    assert all(a != b for a, b in zip(roles, roles[1:])), "roles alternate"
+    assert sent["messages"][-1] == messages[-1], "a string content is never rewritten into blocks"
+    marked = [m for m in sent["messages"] if "cache_control" in json.dumps(m)]
+    assert marked and marked[-1] is not sent["messages"][-1], "the end breakpoint sits on the last block list"
+    assert anthropic_messages_problems(sent) == [], "valid for a strict upstream"
 
 
 def test_explain_endpoint_reports_every_message_without_calling_upstream(enforce_url, upstream):
@@ -167,8 +183,10 @@ def test_explain_endpoint_reports_every_message_without_calling_upstream(enforce
     assert r.status_code == 200
     report = r.json()
     assert report["changed"] is True and report["tokens_after"] <= BUDGET < report["tokens_before"]
-    assert {m["index"] for m in report["messages"] if m["index"] >= 0} == set(range(len(body["messages"])))
-    assert {"tier", "hops", "action", "tokens_before", "tokens_after"} <= set(report["messages"][0])
+    assert [m["index"] for m in report["messages"]] == list(range(len(body["messages"])))
+    assert {m["action"] for m in report["messages"]} == {"kept", "compacted"}
+    assert all(m["reason"] for m in report["messages"]) and report["reason"] and report["note"]
+    assert report["cost_sent"] < report["cost_passthrough"]
     assert report["request"]["messages"][-1] == body["messages"][-1]
     assert len(upstream.recorder) == 0
     bad = httpx.post(enforce_url + "/_ctxwarden/explain?dialect=anthropic", content=b"[1]", timeout=15)
@@ -198,27 +216,27 @@ def _agent_turns(turns: int) -> list[dict]:
     return messages
 
 
-def test_checkpointed_prefix_is_stable_across_turns_and_stored(fake_upstream_server, upstream):
-    xml = _config(fake_upstream_server.url).replace(f"<budget>{BUDGET}</budget>", "<budget>12000</budget>").replace(
-        "<critical_overflow>", '<checkpoint every="6000" target="1500"/><critical_overflow>')
+def test_conversation_prefix_is_stable_across_turns_and_its_state_stored(fake_upstream_server, upstream):
+    xml = _config(fake_upstream_server.url).replace(f"<budget>{BUDGET}</budget>", "<budget>12000</budget>")
     sent = []
     app = create_app(parse_config(xml))
     with serve_app(app) as url:
         for turns in (20, 21, 22):
             body = {"model": "gpt-4o-mini", "messages": _agent_turns(turns)}
             r = _post(url, body)
-            assert r.headers["x-ctxwarden-rewrite"] == "enforced"
+            assert r.headers["x-ctxwarden-rewrite"] in ("compact", "append")
             sent.append(upstream.recorder.last.json()["messages"])
         store = app.state.proxy.cache.backend
-        assert len(store) == 1, "one compacted prefix stored for the conversation"
-        assert store.hits == 2, "the later turns reused it"
+        assert len(store) == 3, "one state per turn, each under the key of the history it covers"
+        assert store.hits == 2, "the later turns continued from the stored state"
     for previous, current in zip(sent, sent[1:]):
         assert current[:len(previous)] == previous, "each turn's request starts with the previous one"
 
 
 def test_anthropic_stable_prefix_gets_a_cache_breakpoint(fake_upstream_server, upstream):
-    xml = _config(fake_upstream_server.url).replace(
-        "<critical_overflow>", '<checkpoint every="1500" target="600" anthropic_cache_control="true"/><critical_overflow>')
+    anthropic = f'<upstream name="anthropic" dialect="anthropic" base_url="{fake_upstream_server.url}"'
+    xml = _config(fake_upstream_server.url).replace(anthropic + "/>", anthropic + '><pricing markers="true"/></upstream>')
+    assert '<pricing markers="true"/>' in xml
     messages = [{"role": "user", "content": "Fix the bug in src/app/models.py"}]
     for i in range(14):
         messages.append({"role": "assistant", "content": [
@@ -230,9 +248,11 @@ def test_anthropic_stable_prefix_gets_a_cache_breakpoint(fake_upstream_server, u
     with serve_proxy(xml) as url:
         r = httpx.post(url + "/v1/messages", timeout=15, headers={"anthropic-version": "2023-06-01"},
                        json={"model": "claude-x", "max_tokens": 10, "messages": messages})
-    assert r.headers["x-ctxwarden-rewrite"] == "enforced"
+    assert r.headers["x-ctxwarden-rewrite"] in ("compact", "append")
     sent = upstream.recorder.last.json()["messages"]
     marked = [i for i, m in enumerate(sent) if isinstance(m["content"], list)
               and any("cache_control" in b for b in m["content"])]
-    assert len(marked) == 1 and marked[0] < len(sent) - 1
+    listed = [i for i, m in enumerate(sent) if isinstance(m["content"], list)]
+    assert marked == [1, listed[-1]], "the stable prefix's end (the note after the task) and the request's"
+    assert sent[1]["content"][0]["text"].startswith("[ctxwarden: compacted]")
     assert sent[-1] == messages[-1]

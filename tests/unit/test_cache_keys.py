@@ -11,7 +11,7 @@ from proxy.cache.keys import (
     ANONYMOUS,
     answer_headers,
     canonical_body,
-    checkpoint_store_key,
+    conversation_store_key,
     credential_fingerprint,
     is_cacheable_request,
     response_cache_key,
@@ -202,11 +202,11 @@ def test_cache_sampled_allows_sampled_requests() -> None:
     assert not is_cacheable_request([], cache_sampled=True)  # type: ignore[arg-type]
 
 
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- conversation state
 
 
-def test_checkpoint_store_key_is_per_tenant() -> None:
-    k = checkpoint_store_key("abc", "c1")
-    assert k.startswith("ckpt:") and k == checkpoint_store_key("abc", "c1")
-    assert k != checkpoint_store_key("abc", "c2")
-    assert k != checkpoint_store_key("abd", "c1")
+def test_conversation_store_key_is_per_tenant() -> None:
+    k = conversation_store_key("abc", "c1")
+    assert k.startswith("conv:") and k == conversation_store_key("abc", "c1")
+    assert k != conversation_store_key("abc", "c2")
+    assert k != conversation_store_key("abd", "c1")

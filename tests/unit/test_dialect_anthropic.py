@@ -37,24 +37,48 @@ def test_to_conversation_facts():
     assert conv.tokens == count_request_tokens(b, "anthropic")
 
 
-def test_render_never_touches_system():
-    b = body()
-    conv = an.to_conversation(b)
-    out = an.render(b, conv.messages[:3])
-    assert out["system"] is b["system"] and list(out) == list(b)
-    assert len(out["messages"]) == 3
-
-
 def test_check_structure():
     ms = body()["messages"]
     assert an.check_structure(ms[:3]) == []
-    assert any("in a row" in p for p in an.check_structure([ms[0], ms[0]]))
+    # consecutive messages of one role are one turn, as the API combines them
+    assert an.check_structure([ms[0], ms[0]]) == []
+    assert an.check_structure([ms[0], ms[1], ms[2], {"role": "user", "content": "more"}]) == []
     assert any("not answered" in p for p in an.check_structure(ms[:2]))
     assert any("does not answer" in p for p in an.check_structure([ms[0], ms[3], ms[2]]))
+    words_first = {"role": "user", "content": [{"type": "text", "text": "first"}, ms[2]["content"][0]]}
+    assert any("must open the user turn" in p for p in an.check_structure([ms[0], ms[1], words_first]))
+    assert any("without a tool_use" in p for p in an.check_structure([ms[2]]))
+    assert any("unknown role" in p for p in an.check_structure([ms[0], {"role": "system", "content": "x"}]))
+    assert an.check_structure("nope") == ["messages is not a list"]
 
 
-def test_marker_roles():
-    assert an.marker_role("user", "user") == "assistant"
-    assert an.marker_role("assistant", "assistant") == "user"
-    assert an.marker_role("user", "assistant") is None
-    assert an.marker_role(None, "assistant") == "user"
+NOTE = {"role": "user", "content": "[ctxwarden: note]"}
+
+
+def test_join_turns_after_a_user_turn():
+    ms = body()["messages"][:3]
+    out = an.join_turns(ms + [NOTE], {3})
+    assert len(out) == 3 and out[:2] == ms[:2]
+    assert out[2]["content"] == ms[2]["content"] + [{"type": "text", "text": "[ctxwarden: note]"}]
+    assert an.check_structure(out) == []
+    assert ms[2]["content"][-1] == {"type": "text", "text": "and?"}, "the input is not modified"
+
+
+def test_join_turns_before_the_next_user_turn():
+    assistant = {"role": "assistant", "content": "ok"}
+    ms = [assistant, NOTE, {"role": "user", "content": "next"}]
+    out = an.join_turns(ms, {1})
+    assert out == [assistant, {"role": "user", "content": [{"type": "text", "text": "[ctxwarden: note]"},
+                                                           {"type": "text", "text": "next"}]}]
+
+
+def test_join_turns_after_the_task():
+    ms = body()["messages"][:3]
+    out = an.join_turns([ms[0], NOTE, ms[1], ms[2]], {1})
+    assert out[0]["content"] == [{"type": "text", "text": "task"}, {"type": "text", "text": "[ctxwarden: note]"}]
+    assert an.check_structure(out) == []
+
+
+def test_join_turns_alone():
+    assistant = {"role": "assistant", "content": "ok"}
+    assert an.join_turns([assistant, NOTE], {1}) == [assistant, NOTE]

@@ -41,13 +41,9 @@ def test_to_conversation_facts():
     assert all(m.wire is w for m, w in zip(ms, b["messages"]))
 
 
-def test_render_keeps_other_fields_and_identity():
-    b = body()
-    conv = oa.to_conversation(b)
-    out = oa.render(b, conv.messages)
-    assert out is not b and list(out) == list(b)
-    assert all(x is y for x, y in zip(out["messages"], b["messages"]))
-    assert out["temperature"] == 0 and out["stream"] is True
+def test_join_turns_keeps_messages_as_they_are():
+    ms = body()["messages"][:6]
+    assert oa.join_turns(ms, {1, 5}) is ms
 
 
 def test_with_segments_copies_only_the_path():

@@ -1,0 +1,256 @@
+"""Compaction: the old middle of a conversation becomes one note of steps.
+
+Each compacted step (an assistant message and the results or user messages
+that answer it) becomes a stub: what the assistant set out to do (its first
+line of prose, short), the call or command it made (verbatim when it is one
+short line) and what that showed (how many lines, the first, the last error
+and the last line, verbatim).  Then the lines of the compacted results that
+the focus needs (they name identifiers of the kept recent turns, the task or
+the latest turn, weighted by how rare those identifiers are) are kept
+verbatim under their step.  Observation masking of this kind keeps an agent
+as able as a summary by a model does, at no model call.
+
+The note is a pure function of the messages it covers and the focus, so the
+same conversation always compacts to the same bytes.  Entries of an earlier
+note are carried over as they are; the oldest are dropped first when the
+note's share of the budget is full.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ..tokens import count_text
+from .model import MARKER_PREFIX, Message, identifiers
+
+THOUGHT_CHARS = 300     # the assistant's own reasoning: its first line, cut to this many characters
+LINE_CHARS = 300        # output lines longer than this are cut (and then no longer verbatim)
+CALL_CHARS = 1000       # a call line longer than this is cut
+REASONING_LINES = 4   # lines of the assistant's prose kept per step, those naming most
+CALL_LINES = 12         # a call's lines shown verbatim (a long script: the first ones)
+SHORT_USER_LINES = 6    # a user message of at most this many lines is kept whole (an instruction, not an output)
+MAX_FOCUS_LINES = 6     # per step
+MAX_SCORED_LINES = 2000  # lines of one result scored for the focus
+
+_FENCE_RE = re.compile(r"```[^\n`]*\n(.*?)```", re.S)
+ERROR_WORDS = ("error", "exception", "traceback", "failed", "failure", "fatal", "denied", "not found",
+               "no such", "cannot", "unable", "invalid", "assert")
+
+
+def _cut(line: str, n: int) -> str:
+    line = line.strip()
+    return line if len(line) <= n else line[: n - 1] + "\u2026"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _args_summary(args: object) -> str:
+    value = args
+    if isinstance(args, str):
+        try:
+            value = json.loads(args)
+        except ValueError:
+            return _one_line(args)
+    if isinstance(value, dict) and len(value) == 1:
+        only = next(iter(value.values()))
+        return only if isinstance(only, str) else json.dumps(only, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def calls_of(message: Message) -> list[str]:
+    """The calls an assistant message makes, as their argument text: tool
+    calls (either dialect) and fenced commands in its text (agents that
+    speak plain text)."""
+    wire = message.wire if isinstance(message.wire, dict) else {}
+    calls = []
+    for call in wire.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            calls.append(_args_summary(function.get("arguments", "")))
+    content = wire.get("content")
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                calls.append(_args_summary(block.get("input")))
+    for _, text in message.segments:
+        calls.extend(code.strip() for code in _FENCE_RE.findall(text) if code.strip())
+    return calls
+
+
+def _reasoning(message: Message, first: str) -> list[str]:
+    """Lines of the assistant's prose that name something (an identifier),
+    most names first: what it concluded about the code it read."""
+    ranked = []
+    for _, text in message.segments:
+        for line in _FENCE_RE.sub("\n", text).split("\n"):
+            names = identifiers(line)
+            stripped = line.strip()
+            if names and stripped and stripped not in first and len(stripped) <= LINE_CHARS:
+                ranked.append((-len(names), len(ranked), stripped))
+    return [line for _, _, line in sorted(ranked)[:REASONING_LINES]]
+
+
+def _thought(message: Message) -> str:
+    """The first line of the assistant's prose (outside code fences)."""
+    for _, text in message.segments:
+        prose = _FENCE_RE.sub("\n", text)
+        for line in prose.split("\n"):
+            if line.strip() and not line.strip().startswith("```"):
+                return _cut(line, THOUGHT_CHARS)
+    return ""
+
+
+def error_line(lines: Sequence[str]) -> str | None:
+    """The last line that reports a problem (a plain substring scan: linear)."""
+    for line in reversed(lines):
+        low = line.lower()
+        if any(word in low for word in ERROR_WORDS):
+            return line
+    return None
+
+
+_TAG_RE = re.compile(r"</?[A-Za-z_][\w-]*>")
+
+
+def _says_something(line: str) -> bool:
+    """Not blank and not just markup (an output wrapped in <output> tags)."""
+    return sum(c.isalnum() for c in _TAG_RE.sub("", line)) >= 3
+
+
+def _result_lines(message: Message) -> list[str]:
+    return [line.rstrip() for _, text in message.segments for line in text.split("\n") if _says_something(line)]
+
+
+@dataclass(frozen=True)
+class NoteEntry:
+    """One compacted step: what the assistant did (its first line and its
+    calls), what that showed, and the lines of it the focus needs."""
+
+    core: tuple[str, ...]
+    results: tuple[str, ...] = ()
+    focus: tuple[str, ...] = ()
+    reasoning: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        return "\n".join(self.core[:1] + tuple("  " + line for line in self.reasoning) + self.core[1:]
+                         + self.results + tuple("    " + line for line in self.focus))
+
+
+def _stub(unit: Sequence[Message], weights: dict[str, float]) -> NoteEntry | None:
+    """A step's stub: the assistant's first line, its calls' lines and what
+    they showed, each an original line (so names keep their context)."""
+    core: list[str] = []
+    results: list[str] = []
+    reasoning: list[str] = []
+    scored: list[tuple[float, int, str]] = []
+    for message in unit:
+        if message.role == "assistant":
+            thought = _thought(message)
+            core.append(f"- {thought}" if thought else "- (a call)")
+            reasoning.extend(_reasoning(message, thought))
+            for call in calls_of(message):
+                lines = [line for line in call.split("\n") if _says_something(line)]
+                core.extend("    " + _cut(line, CALL_CHARS) for line in lines[:CALL_LINES])
+                if len(lines) > CALL_LINES:
+                    core.append(f"    ({len(lines) - CALL_LINES} more lines)")
+            continue
+        lines = _result_lines(message)
+        if message.opaque:
+            results.append("  (an image or document)")
+        if not lines:
+            continue
+        wrote = message.role == "user" and not message.result_ids and not core
+        if wrote and len(lines) <= SHORT_USER_LINES:
+            core.append("- the user wrote:")
+            core.extend("    " + _cut(line, LINE_CHARS) for line in lines)
+            continue
+        shown = [lines[0]]
+        problem = error_line(lines)
+        if problem is not None:
+            shown.append(problem)
+        shown.append(lines[-1])
+        shown = list(dict.fromkeys(_cut(line, LINE_CHARS) for line in shown))
+        verb = "the user wrote" if wrote else "it showed"
+        results.append(f"  {verb} {len(lines)} line{'s' if len(lines) != 1 else ''}, among them:")
+        results.extend("    " + line for line in shown)
+        for line in lines[:MAX_SCORED_LINES]:
+            score = sum(weights.get(term, 0.0) for term in identifiers(line))
+            if score > 0 and _cut(line, LINE_CHARS) not in shown:
+                scored.append((-score, len(scored), line.strip()))
+    if not core and not results:
+        return None
+    focus = tuple(dict.fromkeys(_cut(line, LINE_CHARS) for _, _, line in sorted(scored)[:MAX_FOCUS_LINES]))
+    return NoteEntry(tuple(core or ["- (earlier output)"]), tuple(results), focus, tuple(reasoning))
+
+
+def focus_weights(focus_texts: Iterable[str], unit_texts: Sequence[str]) -> dict[str, float]:
+    """Identifiers of the focus, weighted by how rare they are among the compacted units."""
+    df: dict[str, int] = {}
+    for text in unit_texts:
+        for term in identifiers(text):
+            df[term] = df.get(term, 0) + 1
+    n = len(unit_texts)
+    weights = {}
+    for text in focus_texts:
+        for term in identifiers(text):
+            if term in df:
+                weights[term] = math.log((1 + n) / df[term])
+    return {t: w for t, w in weights.items() if w > 0.05}
+
+
+def compact_units(units: Sequence[Sequence[Message]], focus_texts: Iterable[str]) -> list[NoteEntry]:
+    """Note entries for compacted units, oldest first."""
+    unit_texts = ["\n".join(m.text for m in unit) for unit in units]
+    weights = focus_weights(focus_texts, unit_texts)
+    return [entry for unit in units if (entry := _stub(unit, weights)) is not None]
+
+
+def render_note(entries: Sequence[NoteEntry], budget_tokens: int, compacted_messages: int,
+                encoding: str) -> tuple[str, tuple[NoteEntry, ...]]:
+    """The note text within ``budget_tokens`` and the entries it shows.
+
+    What the assistant did comes first (newest steps first while it fits),
+    then what that showed, then the focus lines; a line already shown is not
+    repeated.  Older steps that do not fit are dropped, and counted."""
+    header = (f"{MARKER_PREFIX} compacted] {compacted_messages} earlier messages of this conversation "
+              f"are summarised below (oldest first): each step's call, what it showed, and the lines "
+              f"that matter now, verbatim. Ask again for anything you need in full.")
+    left = budget_tokens - count_text(header, encoding) - 16
+    shown: set[str] = set()
+    picked: dict[int, dict[str, list[str]]] = {}
+
+    def take(i: int, part: str, lines: Sequence[str], whole: bool) -> bool:
+        nonlocal left
+        fresh = [line for line in lines if line.strip() not in shown or not line.startswith("    ")]
+        costs = [count_text(line, encoding) + 1 for line in fresh]
+        if whole and sum(costs) > left:
+            return False
+        for line, cost in zip(fresh, costs):
+            if cost > left:
+                break
+            picked.setdefault(i, {}).setdefault(part, []).append(line)
+            shown.add(line.strip())
+            left -= cost
+        return True
+
+    for i in range(len(entries) - 1, -1, -1):
+        if not take(i, "core", entries[i].core, whole=True):
+            break
+    for part in ("reasoning", "results", "focus"):
+        for i in sorted(picked, reverse=True):
+            take(i, part, getattr(entries[i], part), whole=part == "results")
+    kept = sorted(picked)
+    kept_entries = tuple(NoteEntry(*(tuple(picked[i].get(part, ())) for part in NoteEntry.__dataclass_fields__))
+                         for i in kept)
+    dropped = len(entries) - len(kept)
+    parts = [header]
+    if dropped:
+        parts.append(f"({dropped} older steps are not listed)")
+    parts.extend(entry.text() for entry in kept_entries)
+    return "\n".join(parts), kept_entries
