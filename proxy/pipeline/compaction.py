@@ -127,66 +127,79 @@ def _result_lines(message: Message) -> list[str]:
     return [line.rstrip() for _, text in message.segments for line in text.split("\n") if _says_something(line)]
 
 
+# The note's room goes to whole steps, newest first: the head line and the
+# calls (CORE); then, among the steps kept, to each further kind of line in
+# turn, newest step first: the reasoning lines that name something, what the
+# calls showed, the output lines the focus needs.
+CORE = ("call", "call+")
+PASSES = ("reason", "result", "focus")
+
+
 @dataclass(frozen=True)
 class NoteEntry:
-    """One compacted step: what the assistant did (its first line and its
-    calls), what that showed, and the lines of it the focus needs."""
+    """One compacted step: a head line, then (kind, text) lines in display order."""
 
-    core: tuple[str, ...]
-    results: tuple[str, ...] = ()
-    focus: tuple[str, ...] = ()
-    reasoning: tuple[str, ...] = ()
+    head: str
+    lines: tuple[tuple[str, str], ...] = ()
 
     def text(self) -> str:
-        return "\n".join(self.core[:1] + tuple("  " + line for line in self.reasoning) + self.core[1:]
-                         + self.results + tuple("    " + line for line in self.focus))
+        return "\n".join((self.head,) + tuple(text for _, text in self.lines))
+
+    def to_json(self) -> list:
+        return [self.head, [list(line) for line in self.lines]]
+
+    @classmethod
+    def from_json(cls, data: list) -> NoteEntry:
+        return cls(data[0], tuple((kind, text) for kind, text in data[1]))
 
 
 def _stub(unit: Sequence[Message], weights: dict[str, float]) -> NoteEntry | None:
-    """A step's stub: the assistant's first line, its calls' lines and what
-    they showed, each an original line (so names keep their context)."""
-    core: list[str] = []
-    results: list[str] = []
-    reasoning: list[str] = []
+    """A step's stub: the assistant's first line, its reasoning lines that name
+    something, its calls' lines, what they showed, each an original line (so
+    names keep their context), and the output lines the focus needs."""
+    head = ""
+    lines: list[tuple[str, str]] = []
     scored: list[tuple[float, int, str]] = []
     for message in unit:
         if message.role == "assistant":
             thought = _thought(message)
-            core.append(f"- {thought}" if thought else "- (a call)")
-            reasoning.extend(_reasoning(message, thought))
+            head = head or (f"- {thought}" if thought else "- (a call)")
+            lines.extend(("reason", "  " + line) for line in _reasoning(message, thought))
             for call in calls_of(message):
-                lines = [line for line in call.split("\n") if _says_something(line)]
-                core.extend("    " + _cut(line, CALL_CHARS) for line in lines[:CALL_LINES])
-                if len(lines) > CALL_LINES:
-                    core.append(f"    ({len(lines) - CALL_LINES} more lines)")
+                call_lines = [line for line in call.split("\n") if _says_something(line)]
+                lines.extend(("call" if k == 0 else "call+", "    " + _cut(line, CALL_CHARS))
+                             for k, line in enumerate(call_lines[:CALL_LINES]))
+                if len(call_lines) > CALL_LINES:
+                    lines.append(("call+", f"    ({len(call_lines) - CALL_LINES} more lines)"))
             continue
-        lines = _result_lines(message)
+        output = _result_lines(message)
         if message.opaque:
-            results.append("  (an image or document)")
-        if not lines:
+            lines.append(("result", "  (an image or document)"))
+        if not output:
             continue
-        wrote = message.role == "user" and not message.result_ids and not core
-        if wrote and len(lines) <= SHORT_USER_LINES:
-            core.append("- the user wrote:")
-            core.extend("    " + _cut(line, LINE_CHARS) for line in lines)
+        wrote = message.role == "user" and not message.result_ids and not head
+        if wrote and len(output) <= SHORT_USER_LINES:
+            head = "- the user wrote:"
+            lines.extend(("call", "    " + _cut(line, LINE_CHARS)) for line in output)
             continue
-        shown = [lines[0]]
-        problem = error_line(lines)
+        shown = [output[0]]
+        problem = error_line(output)
         if problem is not None:
             shown.append(problem)
-        shown.append(lines[-1])
+        shown.append(output[-1])
         shown = list(dict.fromkeys(_cut(line, LINE_CHARS) for line in shown))
         verb = "the user wrote" if wrote else "it showed"
-        results.append(f"  {verb} {len(lines)} line{'s' if len(lines) != 1 else ''}, among them:")
-        results.extend("    " + line for line in shown)
-        for line in lines[:MAX_SCORED_LINES]:
+        lines.append(("result", f"  {verb} {len(output)} line{'s' if len(output) != 1 else ''}, among them:"))
+        lines.extend(("result", "    " + line) for line in shown)
+        for line in output[:MAX_SCORED_LINES]:
             score = sum(weights.get(term, 0.0) for term in identifiers(line))
             if score > 0 and _cut(line, LINE_CHARS) not in shown:
                 scored.append((-score, len(scored), line.strip()))
-    if not core and not results:
+    if not head and not lines:
         return None
-    focus = tuple(dict.fromkeys(_cut(line, LINE_CHARS) for _, _, line in sorted(scored)[:MAX_FOCUS_LINES]))
-    return NoteEntry(tuple(core or ["- (earlier output)"]), tuple(results), focus, tuple(reasoning))
+    focus = dict.fromkeys(_cut(line, LINE_CHARS) for _, _, line in sorted(scored)[:MAX_FOCUS_LINES])
+    lines.extend(("focus", "    " + line) for line in focus)
+    return NoteEntry(head or "- (earlier output)", tuple(lines))
 
 
 def focus_weights(focus_texts: Iterable[str], unit_texts: Sequence[str]) -> dict[str, float]:
@@ -215,39 +228,41 @@ def render_note(entries: Sequence[NoteEntry], budget_tokens: int, compacted_mess
                 encoding: str) -> tuple[str, tuple[NoteEntry, ...]]:
     """The note text within ``budget_tokens`` and the entries it shows.
 
-    What the assistant did comes first (newest steps first while it fits),
-    then what that showed, then the focus lines; a line already shown is not
-    repeated.  Older steps that do not fit are dropped, and counted."""
+    Whole steps (head and calls) newest first while they fit (older steps
+    are dropped, and counted: what happened last matters most), then the
+    other kinds of line in the order of PASSES; a line already shown is not
+    repeated."""
     header = (f"{MARKER_PREFIX} compacted] {compacted_messages} earlier messages of this conversation "
-              f"are summarised below (oldest first): each step's call, what it showed, and the lines "
-              f"that matter now, verbatim. Ask again for anything you need in full.")
+              f"are summarised below, oldest first: what each step set out to do, its calls, what they "
+              f"showed and the lines that matter now, verbatim. Ask again for anything you need in full.")
     left = budget_tokens - count_text(header, encoding) - 16
+    kept: list[int] = []
     shown: set[str] = set()
-    picked: dict[int, dict[str, list[str]]] = {}
-
-    def take(i: int, part: str, lines: Sequence[str], whole: bool) -> bool:
-        nonlocal left
-        fresh = [line for line in lines if line.strip() not in shown or not line.startswith("    ")]
-        costs = [count_text(line, encoding) + 1 for line in fresh]
-        if whole and sum(costs) > left:
-            return False
-        for line, cost in zip(fresh, costs):
-            if cost > left:
-                break
-            picked.setdefault(i, {}).setdefault(part, []).append(line)
-            shown.add(line.strip())
-            left -= cost
-        return True
-
+    picked: dict[int, set[int]] = {}
     for i in range(len(entries) - 1, -1, -1):
-        if not take(i, "core", entries[i].core, whole=True):
+        core = [k for k, (kind, _) in enumerate(entries[i].lines) if kind in CORE]
+        cost = sum(count_text(entries[i].lines[k][1], encoding) + 1 for k in core) + count_text(entries[i].head,
+                                                                                                encoding) + 1
+        if cost > left:
             break
-    for part in ("reasoning", "results", "focus"):
-        for i in sorted(picked, reverse=True):
-            take(i, part, getattr(entries[i], part), whole=part == "results")
-    kept = sorted(picked)
-    kept_entries = tuple(NoteEntry(*(tuple(picked[i].get(part, ())) for part in NoteEntry.__dataclass_fields__))
-                         for i in kept)
+        kept.append(i)
+        picked[i] = set(core)
+        shown.update(entries[i].lines[k][1].strip() for k in core)
+        left -= cost
+    for kind in PASSES:
+        for i in kept:
+            for k, (line_kind, text) in enumerate(entries[i].lines):
+                if line_kind != kind or (text.startswith("    ") and text.strip() in shown):
+                    continue
+                cost = count_text(text, encoding) + 1
+                if cost > left:
+                    break
+                picked[i].add(k)
+                shown.add(text.strip())
+                left -= cost
+    kept_entries = tuple(NoteEntry(entries[i].head, tuple(line for k, line in enumerate(entries[i].lines)
+                                                          if k in picked[i]))
+                         for i in sorted(kept))
     dropped = len(entries) - len(kept)
     parts = [header]
     if dropped:

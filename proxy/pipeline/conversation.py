@@ -116,13 +116,13 @@ class ConversationState:
 
     def to_bytes(self) -> bytes:
         data = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        data["entries"] = [[list(getattr(e, f)) for f in NoteEntry.__dataclass_fields__] for e in self.entries]
+        data["entries"] = [e.to_json() for e in self.entries]
         return compact(data)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ConversationState:
         data = json.loads(raw)
-        data["entries"] = tuple(NoteEntry(*map(tuple, parts)) for parts in data["entries"])
+        data["entries"] = tuple(NoteEntry.from_json(e) for e in data["entries"])
         for name in ("items", "item_tokens", "original_tokens", "ledger"):
             data[name] = tuple(data[name])
         return cls(**data)
