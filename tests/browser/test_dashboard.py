@@ -154,6 +154,10 @@ def test_dashboard_shows_live_figures(browser, fake_upstream_server, upstream, t
 
             stats = httpx.get(url + "/_ctxwarden/stats", headers={"x-ctxwarden-admin-token": ADMIN_TOKEN}).json()
             assert float(_value(page, "#cache-hit-rate")) == stats["cache_hit_rate"]
+            # the bill with the prompt cache priced in, beside tokens saved
+            assert 0 < stats["bill_saved_ratio"] < 1
+            assert float(_value(page, "#bill-saved")) == stats["bill_saved_ratio"]
+            assert page.text_content("#bill-saved") == f"{stats['bill_saved_ratio'] * 100:.1f}%"
 
             # The table: newest first, one row per chat request, counts as in the headers.
             rows = page.locator("#rewrites tbody tr")
