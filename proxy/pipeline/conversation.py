@@ -215,7 +215,11 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
     result is the same either way, byte for byte: the state only saves work."""
     run = _Run(body, dialect, plan)
     n = len(run.messages)
-    if state is not None and not 0 < state.covered <= n:
+    # a state continues only from a step's end (before an assistant message, or
+    # the end): one ending elsewhere (the client since added to a message it had
+    # sent as the last) would give other bytes than the replay of the steps
+    if state is not None and not (0 < state.covered <= n and (state.covered == n
+                                                              or run.role(state.covered) == "assistant")):
         state = None
     state = state or ConversationState()
     counts = list(state.original_tokens) + [run.parsed(i).tokens for i in range(state.covered, n)]
@@ -451,7 +455,7 @@ def _shorten_long_replies(run: _Run, items: list, tokens: list, room: int) -> tu
             message = run.parsed(item)
             cut = cut_message(message, limit, calls_of(message), run.encoding)
             if cut is not message:
-                items[pos], tokens[pos] = [item, cut.wire], cut.tokens
+                items[pos], tokens[pos] = [item, _without_markers(cut.wire)], cut.tokens
     return items, tokens
 
 
@@ -492,7 +496,9 @@ def _cut_pending(run: _Run, state: ConversationState, pending_from: int) -> Conv
         if cut is message:
             continue
         excess -= tokens[pos] - cut.tokens
-        items[pos], tokens[pos] = [_origin(item), cut.wire], cut.tokens
+        # the copy keeps no cache_control of the client's: those belong to the
+        # request they came in, and the replay cuts a message that carries none
+        items[pos], tokens[pos] = [_origin(item), _without_markers(cut.wire)], cut.tokens
     return replace(state, items=tuple(items), item_tokens=tuple(tokens))
 
 
