@@ -113,6 +113,8 @@ class ConversationState:
     original_tokens: tuple = ()         # tokens of originals [0, covered)
     compacted: int = 0                  # originals compacted so far
     ledger: tuple = (0.0, 0.0)          # estimated input cost so far: (passthrough, sent)
+    failure: str = ""                   # why the latest step went out as the client sent it
+    outcome: tuple = ()                 # (decision, reason, passthrough cost, sent cost) of the latest step
 
     def to_bytes(self) -> bytes:
         data = {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -123,7 +125,7 @@ class ConversationState:
     def from_bytes(cls, raw: bytes) -> ConversationState:
         data = json.loads(raw)
         data["entries"] = tuple(NoteEntry.from_json(e) for e in data["entries"])
-        for name in ("items", "item_tokens", "original_tokens", "ledger"):
+        for name in ("items", "item_tokens", "original_tokens", "ledger", "outcome"):
             data[name] = tuple(data[name])
         return cls(**data)
 
@@ -233,31 +235,34 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
                                                  f"dialect ({problems[0]})")
     if any(run.parsed(i).unknown for i in range(state.covered, n)):
         return _passthrough(body, tokens_before, "it holds a message of a shape ctxwarden does not know")
-    previous = state
-    steps = [p for p in range(state.covered + 1, n) if run.role(p) == "assistant"] + [n]
-    costs = (0.0, 0.0)
-    failure = None
-    for end in steps:
-        previous = state
-        state, costs, failure = _step(run, state, end, counts)
     keys = keys if keys is not None else conversation_keys(body, dialect)
-    state = replace(state, key=keys[n - 1])
     run.conversation = keys[min(n, _head_of(run, counts) or 1) - 1]
-    if failure:
+    previous = state
+    if state.covered == n and state.outcome:
+        # the same request again (a retry): the same bytes and the same account of them
+        decision, reason, *costs = state.outcome
+    else:
+        steps = [p for p in range(state.covered + 1, n) if run.role(p) == "assistant"] + [n]
+        for end in steps:
+            previous = state
+            state = _step(run, state, end, counts)
+        decision = "append" if _keeps_prefix(previous, state) else "compact"
+        reason = (f"compacted {state.compacted} original messages into a note" if decision == "compact"
+                  else "appended to what was sent last turn")
+        costs = [state.ledger[0] - previous.ledger[0], state.ledger[1] - previous.ledger[1]]
+        state = replace(state, key=keys[n - 1], outcome=(decision, reason, *costs))
+    if state.failure:
         if plan.critical_overflow == "reject":
-            return TurnOutcome(body, False, "refused", failure, tokens_before, tokens_before, warning=failure)
-        return _passthrough(body, tokens_before, failure, state)
+            return TurnOutcome(body, False, "refused", state.failure, tokens_before, tokens_before,
+                               warning=state.failure)
+        return _passthrough(body, tokens_before, state.failure, state)
     new_body, stable = _render(run, state)
     tokens_after = _total(run, state)
-    decision = "append" if _keeps_prefix(previous, state) else "compact"
     problems = check_turn(body, new_body, dialect, plan, tokens_after)
     if problems:
         return _passthrough(body, tokens_before, "the rewrite would break an invariant: " + problems[0])
-    changed = new_body is not body
-    reason = (f"compacted {state.compacted} original messages into a note" if decision == "compact"
-              else "appended to what was sent last turn")
-    return TurnOutcome(new_body, changed, decision, reason, tokens_before, tokens_after, state, stable,
-                       cost_sent=costs[1], cost_passthrough=costs[0])
+    return TurnOutcome(new_body, new_body is not body, decision, reason, tokens_before, tokens_after, state,
+                       stable, cost_sent=costs[1], cost_passthrough=costs[0])
 
 
 def _passthrough(body: dict, tokens: int, reason: str, state: ConversationState | None = None) -> TurnOutcome:
@@ -272,10 +277,10 @@ def _total(run: _Run, state: ConversationState) -> int:
 
 # ------------------------------------------------------------------ one step
 
-def _step(run: _Run, state: ConversationState, end: int,
-          counts: list[int]) -> tuple[ConversationState, tuple[float, float], str | None]:
-    """The state after appending originals [state.covered, end), its estimated
-    costs (passthrough, sent), or a reason why it cannot fit the budget."""
+def _step(run: _Run, state: ConversationState, end: int, counts: list[int]) -> ConversationState:
+    """The state after appending originals [state.covered, end), with its
+    estimated costs in the ledger; ``failure`` says why it could not fit the
+    budget (the step then goes out as the client sent it)."""
     plan, pricing = run.plan, run.plan.pricing
     new = list(range(state.covered, end))
     prior_sent = _total(run, state) if state.covered else 0
@@ -291,13 +296,14 @@ def _step(run: _Run, state: ConversationState, end: int,
             item_tokens.insert(at, run.tokens(recalled))
     grown = replace(state, covered=end, items=tuple(items), item_tokens=tuple(item_tokens),
                     original_tokens=tuple(counts[:end]))
-    failure = None
+    failure = ""
     if _total(run, grown) > plan.budget:
         grown, failure = _compact(run, grown, prior_original, counts, end, state.covered)
         if failure:
             # this step's request goes out as the client sent it; the next appends to that
             grown = ConversationState(covered=end, items=tuple(range(end)), item_tokens=tuple(counts[:end]),
                                       original_tokens=tuple(counts[:end]))
+    grown = replace(grown, failure=failure or "", outcome=())
     sent = _total(run, grown)
     original = run.fixed_tokens + sum(counts[:end])
     appended = pricing.appended_token
@@ -307,8 +313,7 @@ def _step(run: _Run, state: ConversationState, end: int,
         sent_cost = pricing.read * cached + appended * (sent - cached)
     else:
         sent_cost = pricing.read * prior_sent + appended * (sent - prior_sent)
-    ledger = (state.ledger[0] + pass_cost, state.ledger[1] + sent_cost)
-    return replace(grown, ledger=ledger), (pass_cost, sent_cost), failure
+    return replace(grown, ledger=(state.ledger[0] + pass_cost, state.ledger[1] + sent_cost))
 
 
 def _recall(run: _Run, state: ConversationState, new: list[int]) -> dict | None:

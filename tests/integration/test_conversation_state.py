@@ -501,6 +501,7 @@ def test_a_retried_turn_sends_the_same_bytes(fake_upstream_server, upstream, sen
         keys, hits = _conversation_keys_in(backend), backend.hits
         retried = sender.send("openai", url, compaction, upstream.recorder)
         assert retried.sent == failed
+        assert retried.decision == "compact", "the retry is accounted as the compaction it repeats"
         assert backend.hits == hits + 1 and _conversation_keys_in(backend) == keys, "the stored state was reused"
     assert retried.tokens_after <= BUDGET < retried.tokens_before
     assert "[ctxwarden: compacted]" in json.dumps(failed["messages"]), "the failed turn was a compaction"
