@@ -15,7 +15,7 @@ from .pipeline.rollout import conversation_bucket
 from .pricing import Pricing, default_pricing
 from .routing import Router
 from .tokens import count_request_tokens
-from .wirejson import compact
+from .wirejson import compact, parse_json
 
 log = logging.getLogger("ctxwarden.rewrite")
 
@@ -87,10 +87,7 @@ def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing | None = 
 
 
 def parse_chat_body(raw: bytes) -> dict:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"]:

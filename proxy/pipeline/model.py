@@ -149,9 +149,15 @@ def terms_of(text: str) -> dict:
     return out
 
 
-@lru_cache(maxsize=65536)
+MEMO_TERM_CHARS = 64   # longer terms are not memoised: the cache holds at most 65536 short keys
+
+
 def is_salient(term: str) -> bool:
     """Structured identifiers: paths, dotted/snake/camel names, codes, long words."""
+    return _salient(term) if len(term) <= MEMO_TERM_CHARS else _is_salient(term)
+
+
+def _is_salient(term: str) -> bool:
     if term[0].isdigit():
         return len(term) >= 3
     if "/" in term or "." in term or "_" in term.strip("_"):
@@ -161,6 +167,9 @@ def is_salient(term: str) -> bool:
     if any(c.isupper() for c in term[1:]) and any(c.islower() for c in term):
         return True  # camelCase / CamelCase
     return len(term) >= 8
+
+
+_salient = lru_cache(maxsize=65536)(_is_salient)
 
 
 def identifiers(text: str) -> tuple[str, ...]:

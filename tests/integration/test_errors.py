@@ -51,6 +51,11 @@ BAD_BODIES = {
     "missing-model": b'{"messages": [{"role": "user", "content": "hi"}]}',
     "messages-not-list": b'{"model": "m", "messages": "hi"}',
     "bad-utf8": b'{"model": "m", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+    # numbers that JSON cannot carry back out, and nesting the rewrite cannot walk
+    "out-of-range-number": b'{"model": "m", "temperature": 1e400, "messages": [{"role": "user", "content": "hi"}]}',
+    "nan": b'{"model": "m", "temperature": NaN, "messages": [{"role": "user", "content": "hi"}]}',
+    "nested-2000": b'{"model": "m", "metadata": ' + b'[' * 2000 + b']' * 2000
+                   + b', "messages": [{"role": "user", "content": "hi"}]}',
 }
 
 
