@@ -29,6 +29,7 @@ from proxy.cache import MemoryCache  # noqa: E402
 from proxy.caching import ResponseCache  # noqa: E402
 from proxy.chat import parse_chat_body, prepare_chat  # noqa: E402
 from proxy.config import CacheSettings, TokenManagement  # noqa: E402
+from proxy.heap import fix_mmap_threshold  # noqa: E402
 from proxy.pipeline import conversation_keys  # noqa: E402
 from proxy.pricing import default_pricing  # noqa: E402
 
@@ -78,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--kib", type=int, default=256)
     parser.add_argument("--budget", type=int, default=16000)
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="leave glibc's dynamic mmap threshold (what the proxy changes at start)")
     args = parser.parse_args(argv)
+    fixed = False if args.glibc_default else fix_mmap_threshold()
+    print(f"mmap threshold fixed at 128 KiB (as `ctxwarden serve` does): {fixed}")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     print(f"command: bench/memory.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     asyncio.run(run(args.requests, args.kib, args.budget))

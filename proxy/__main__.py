@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from .config import Config, ConfigError, load_config
 from .errors import ProxyError
+from .heap import fix_mmap_threshold
 from .logs import configure_logging
 
 T = TypeVar("T")
@@ -34,6 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     workers = args.workers or config.server.workers
     level = args.log_level or config.logging.level
+    fix_mmap_threshold()
     configure_logging(level, json_lines=config.logging.format == "json", requests=config.logging.requests)
     # uvicorn re-raises the stop signal once its graceful shutdown is done,
     # which would end the process as killed by SIGTERM; with a no-op handler

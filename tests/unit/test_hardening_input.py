@@ -2,7 +2,10 @@
 and bounded, or is refused with a clear reason."""
 from __future__ import annotations
 
+import ctypes.util
 import json
+import os
+import platform
 import signal
 from contextlib import contextmanager
 
@@ -83,3 +86,12 @@ def test_token_count_cache_is_bounded_by_bytes():
         cache.put(cache.key(short, "enc"), 1)
     assert cache._data.currsize <= 64 * 1024
     assert count_text("hello world") == 2
+
+
+def test_the_mmap_threshold_is_fixed_for_this_process_and_its_workers(monkeypatch):
+    from proxy.heap import ENV, MMAP_THRESHOLD, fix_mmap_threshold
+
+    monkeypatch.delenv(ENV, raising=False)
+    took = fix_mmap_threshold()
+    assert os.environ[ENV] == str(MMAP_THRESHOLD)
+    assert took is (ctypes.util.find_library("c") is not None and "glibc" in platform.libc_ver()[0])
