@@ -69,7 +69,7 @@ class Proxy:
         for encoding in {config.token_management.default_encoding,
                          *(m.encoding for m in config.token_management.models if m.encoding)}:
             get_encoding(encoding)
-        self.client = UpstreamClient(config.server, config.upstreams)
+        self.client = UpstreamClient(config.server)
         self.cache = ResponseCache(make_backend(config.cache), config.cache.ttl)
         self.gate = UpstreamGate(config.server.max_connections, config.parallel_execution.resource_limit)
         self.telemetry.metrics.watch_gate(self.gate)
@@ -85,12 +85,13 @@ class Proxy:
         await self.cache.backend.close()
 
     def apply(self, config: Config) -> None:
-        """Make `config` the one new requests see; in-flight ones keep theirs."""
-        assert self.client is not None
-        self.client.configure(config.upstreams)
-        assert self.gate is not None
+        """Make `config` the one new requests see; in-flight ones keep theirs,
+        upstream URLs and keys included (a Gateway is never changed, only
+        replaced). Raises ConfigError, changing nothing, when a key is unset."""
+        assert self.client is not None and self.gate is not None
+        gateway = Gateway(config, self.client, self.telemetry, self.cache)
         self.gate.reconfigure(self.initial_config.server.max_connections, config.parallel_execution.resource_limit)
-        self.gateway = Gateway(config, self.client, self.telemetry, self.cache)
+        self.gateway = gateway
 
     @property
     def config(self) -> Config:
@@ -113,9 +114,9 @@ class Proxy:
 
 class ProxiedRequests:
     """The ASGI endpoint for everything proxied: an instance rather than a
-    function so Starlette hands it the raw ASGI call, and the interactive slot
-    of the upstream gate is held until the whole response (stream included)
-    has been sent, and released on every path."""
+    function so Starlette hands it the raw ASGI call, and the gateway can hold
+    its upstream slot until the whole response (stream included) has been
+    sent. The gateway is read once: a reload never changes a request midway."""
 
     def __init__(self, proxy: Proxy):
         self.proxy = proxy
@@ -123,9 +124,7 @@ class ProxiedRequests:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         proxy = self.proxy
         assert proxy.gateway is not None and proxy.gate is not None
-        async with proxy.gate.interactive():
-            response = await proxy.gateway.handle(Request(scope, receive))
-            await response(scope, receive, send)
+        await proxy.gateway.serve(scope, receive, send, proxy.gate)
 
 
 def _dialect_for_error(request: Request) -> str:
@@ -199,18 +198,20 @@ def create_app(config: Config, config_path: str | None = None, last_good_path: s
     async def parallel(request: Request) -> Response:
         assert proxy.gateway is not None and proxy.gate is not None
         gateway = proxy.gateway
-        raw = await read_body(request, gateway.config.server.max_body_bytes)
+        server = gateway.config.server
+        raw = await read_body(request, server.max_body_bytes, server.body_timeout)
         try:
             graph = parse_task_graph(json.loads(raw), gateway.config.parallel_execution.max_tasks)
         except ValueError as exc:
             raise BadRequest(getattr(exc, "message", f"request body is not valid JSON: {exc}")) from exc
         results = await run_parallel(gateway, proxy.gate, graph, request.headers.raw,
-                                     gateway.config.parallel_execution)
+                                     gateway.config.parallel_execution, request=request)
         return JSONResponse({"tasks": [r.to_dict() for r in results], "summary": summarize(results)})
 
     async def explain_endpoint(request: Request) -> Response:
         dialect = _explain_dialect(request)
-        raw = await read_body(request, proxy.config.server.max_body_bytes)
+        server = proxy.config.server
+        raw = await read_body(request, server.max_body_bytes, server.body_timeout)
         report = await anyio.to_thread.run_sync(explain_request, proxy.config, dialect, raw)
         return JSONResponse(report)
 

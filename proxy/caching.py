@@ -1,9 +1,28 @@
 """The response cache at the gateway: lookup, replay of hits as JSON or SSE,
 in-flight coalescing, and storing answers that completed cleanly.
 
-The key covers the upstream, the path, the rewritten body (less `stream` and
-its options) and a fingerprint of the caller's credential, so tenants never
-share entries."""
+The key covers the upstream, the path and query string, the rewritten body
+(less `stream` and its options), the headers that change an answer and a
+fingerprint of every credential the caller sent (headers and query parameters,
+see :mod:`proxy.cache.keys`), so tenants never share entries.
+
+Coalescing key: the response key, the form asked for (JSON or SSE) and the
+request's normalised ``Accept-Encoding``. Followers are sent the leader's bytes
+as they are, so only requests that would get the same bytes from the upstream
+may share them: a follower that accepts only ``identity`` never receives a
+gzip answer fetched for a leader that accepted gzip. (Decoding for such a
+follower was the alternative; it would mean a second, streaming decoder per
+follower and rewritten ``Content-Encoding``/``Content-Length`` headers, and
+the bytes a follower gets would no longer be what the upstream sent. Clients
+of one kind send one ``Accept-Encoding`` (the SDKs all send the same), so the
+key costs next to no coalescing.)
+
+Size limit: :data:`MAX_ANSWER_BYTES` (8 MiB, :mod:`proxy.cache.entry`). The
+cache step keeps at most that many bytes of an answer as relayed, and at most
+that many bytes of its decoded (gunzipped / inflated) JSON: past either it
+drops what it kept, stops decoding and stores nothing, while the relay keeps
+streaming the answer to the client untouched. A coalesced follower holds at
+most that much before it streams too (see :mod:`proxy.cache.coalesce`)."""
 
 from __future__ import annotations
 
@@ -16,12 +35,25 @@ from dataclasses import dataclass
 from starlette.responses import Response, StreamingResponse
 
 from .cache import (
-    CacheBackend, CachedAnswer, InFlight, MemoryCache, StreamRecorder, Subscriber, answer_headers,
-    conversation_store_key, credential_fingerprint, is_cacheable_request, replay_sse, response_cache_key,
+    MAX_ANSWER_BYTES,
+    CacheBackend,
+    CachedAnswer,
+    FollowerTooSlow,
+    InFlight,
+    MemoryCache,
+    StreamRecorder,
+    Subscriber,
+    accepted_encodings,
+    answer_headers,
+    conversation_store_key,
+    credential_fingerprint,
+    is_cacheable_request,
+    replay_sse,
+    response_cache_key,
 )
 from .cache.coalesce import Broadcast
 from .config import CacheSettings
-from .errors import ProxyError, stream_error_event
+from .errors import ProxyError, UpstreamUnavailable, stream_error_event
 from .pipeline import ConversationState
 
 log = logging.getLogger("ctxwarden.cache")
@@ -41,19 +73,23 @@ class CachePolicy:
     read: bool              # False for Cache-Control: no-cache
     stream: bool            # the client asked for SSE
     include_usage: bool
+    encoding: str = "-"     # the normalised Accept-Encoding (coalescing key)
 
 
 def request_policy(settings: CacheSettings, upstream: str, path: str, body: dict,
-                   headers: list[tuple[bytes, bytes]], cache_control: str) -> CachePolicy:
+                   headers: list[tuple[bytes, bytes]], cache_control: str,
+                   query: bytes = b"") -> CachePolicy:
+    """`query`: the raw query string the request is forwarded with (part of
+    the key, and its credential parameters part of the tenant)."""
     directives = {d.strip().lower() for d in cache_control.split(",")}
     stream = body.get("stream") is True
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     if not settings.enabled or "no-store" in directives or not is_cacheable_request(body, settings.cache_sampled):
         return CachePolicy(None, False, stream, include_usage)
-    key = response_cache_key(upstream, path, body, credential_fingerprint(headers),
-                             extra=answer_headers(headers))
-    return CachePolicy(key, "no-cache" not in directives, stream, include_usage)
+    key = response_cache_key(upstream, path, body, credential_fingerprint(headers, query=query),
+                             extra=answer_headers(headers), query=query)
+    return CachePolicy(key, "no-cache" not in directives, stream, include_usage, accepted_encodings(headers))
 
 
 def make_backend(settings: CacheSettings) -> CacheBackend:
@@ -99,7 +135,7 @@ class ResponseCache:
         """Lead or follow the identical request in flight; None when not coalescing."""
         if policy.key is None or not policy.read:
             return None
-        return self.inflight.join(f"{policy.key}:{'sse' if policy.stream else 'json'}")
+        return self.inflight.join(coalescing_key(policy))
 
     def tap(self, policy: CachePolicy, dialect: str, broadcast: Broadcast | None) -> "CacheTap":
         return CacheTap(self, policy, dialect, broadcast)
@@ -123,18 +159,55 @@ class ResponseCache:
         await self.backend.set(conversation_store_key(state.key, tenant), state.to_bytes(), self.ttl)
 
 
+def coalescing_key(policy: CachePolicy) -> str:
+    """Requests in flight at once under one such key share one upstream call:
+    same response key, same form (JSON or SSE), same accepted encodings."""
+    return f"{policy.key}:{'sse' if policy.stream else 'json'}:{policy.encoding}"
+
+
+_TOO_SLOW = "this answer is too large to share with a follower that reads it this slowly"
+
+
 async def follow(subscriber: Subscriber, dialect: str, stream: bool,
-                 extra_headers: list[tuple[bytes, bytes]]) -> Response:
-    """A coalesced follower's response: the leader's answer, as it arrives."""
+                 extra_headers: list[tuple[bytes, bytes]], limit: int = MAX_ANSWER_BYTES) -> Response:
+    """A coalesced follower's response: the leader's answer, as it arrives.
+
+    A JSON follower waits for the whole answer while it is at most `limit`
+    bytes (so a leader's failure still reaches it as an error response), and
+    streams the rest of a larger one rather than holding it whole."""
     status, headers = await subscriber.head()
     headers = headers + extra_headers + [(CACHE_HEADER, b"hit"), (b"x-ctxwarden-coalesced", b"1")]
     if not stream:
-        response = Response(await subscriber.body(), status_code=status)
-        response.raw_headers += headers
+        chunks = aiter(subscriber)
+        buffered: list[bytes] = []
+        size = 0
+        while size <= limit:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                response = Response(b"".join(buffered), status_code=status)
+                response.raw_headers += headers
+                return response
+            except FollowerTooSlow as exc:
+                raise UpstreamUnavailable(_TOO_SLOW) from exc
+            buffered.append(chunk)
+            size += len(chunk)
+        response = StreamingResponse(_drain(buffered, chunks), status_code=status)
+        response.raw_headers = headers
         return response
     response = StreamingResponse(_follow_chunks(subscriber, dialect), status_code=status)
     response.raw_headers = headers
     return response
+
+
+async def _drain(buffered: list[bytes], chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """What a JSON follower already holds, then the rest as it arrives. A
+    failure after the first byte can only break the connection off (as the
+    leader's own relay does): a JSON body has no in-band error."""
+    while buffered:
+        yield buffered.pop(0)
+    async for chunk in chunks:
+        yield chunk
 
 
 async def _follow_chunks(subscriber: Subscriber, dialect: str) -> AsyncIterator[bytes]:
@@ -143,6 +216,8 @@ async def _follow_chunks(subscriber: Subscriber, dialect: str) -> AsyncIterator[
             yield chunk
     except ProxyError as exc:
         yield stream_error_event(dialect, exc.message)
+    except FollowerTooSlow:
+        yield stream_error_event(dialect, _TOO_SLOW)
 
 
 async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:
@@ -151,19 +226,33 @@ async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:
 
 
 class CacheTap:
-    """Relay tap: publishes to coalesced followers and stores a clean answer."""
+    """Relay tap: publishes to coalesced followers and stores a clean answer.
 
-    def __init__(self, cache: ResponseCache, policy: CachePolicy, dialect: str, broadcast: Broadcast | None):
+    It keeps only what it may store: nothing for an error status, a content
+    type it does not store or an encoding it cannot decode; and at most
+    `limit` bytes as relayed and `limit` bytes decoded (gzip and deflate are
+    inflated incrementally as chunks arrive, never past `limit` + 1 bytes).
+    Past the limit it drops what it kept and stops looking (`abandoned`); the
+    relay goes on streaming the answer to the client as the upstream sent it."""
+
+    def __init__(self, cache: ResponseCache, policy: CachePolicy, dialect: str, broadcast: Broadcast | None,
+                 limit: int = MAX_ANSWER_BYTES):
         self.cache = cache
         self.policy = policy
         self.dialect = dialect
         self.broadcast = broadcast
+        self.limit = limit
         self.status = 0
         self.content_type = ""
         self.encoding: str | None = None
         self.recorder: StreamRecorder | None = None
         self.body: list[bytes] = []
         self.ended = False
+        self.collecting = False
+        self.abandoned = False
+        self.received = 0   # bytes relayed while collecting
+        self.decoded = 0    # bytes of decoded JSON kept
+        self._decoder = None
 
     def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
@@ -173,18 +262,50 @@ class CacheTap:
                 self.content_type = value.decode("latin-1")
             elif lower == b"content-encoding":
                 self.encoding = value.decode("latin-1").strip().lower()
-        if self.content_type.startswith("text/event-stream") and self.encoding in (None, "identity"):
-            self.recorder = StreamRecorder(self.dialect)
+        if 200 <= status < 300 and self.policy.key is not None:
+            if self.content_type.startswith("text/event-stream") and self.encoding in (None, "identity"):
+                self.recorder = StreamRecorder(self.dialect, max_bytes=self.limit)
+                self.collecting = True
+            elif self.content_type.startswith("application/json") and self.encoding in _DECODERS:
+                wbits = _DECODERS[self.encoding]
+                self._decoder = None if wbits is None else zlib.decompressobj(wbits)
+                self.collecting = True
         if self.broadcast is not None:
             self.broadcast.start(status, headers)
 
     def chunk(self, data: bytes) -> None:
         if self.broadcast is not None:
             self.broadcast.publish(data)
-        if self.recorder is not None:
+        if not self.collecting or not data:
+            return
+        self.received += len(data)
+        if self.received > self.limit:
+            self._abandon(f"more than {self.limit} bytes relayed")
+        elif self.recorder is not None:
             self.recorder.feed(data)
+        elif self._decoder is None:
+            self.body.append(bytes(data))
+            self.decoded += len(data)
         else:
-            self.body.append(data)
+            try:
+                # max_length > 0 always: we stop as soon as decoded exceeds limit
+                out = self._decoder.decompress(data, self.limit + 1 - self.decoded)
+            except zlib.error:
+                self._abandon(f"undecodable {self.encoding} body")
+                return
+            self.decoded += len(out)
+            if self.decoded > self.limit or self._decoder.unconsumed_tail:
+                self._abandon(f"more than {self.limit} bytes decoded")
+            else:
+                self.body.append(out)
+
+    def _abandon(self, why: str) -> None:
+        log.debug("not storing the answer for %s: %s", (self.policy.key or "")[:16], why)
+        self.collecting = False
+        self.abandoned = True
+        self.body = []
+        self.recorder = None
+        self._decoder = None
 
     async def end(self, error: Exception | None) -> None:
         if self.ended:
@@ -195,21 +316,19 @@ class CacheTap:
                 self.broadcast.finish()
             else:
                 self.broadcast.fail(error)
-        if error is not None or not 200 <= self.status < 300 or self.policy.key is None:
+        if error is not None or not self.collecting or self.policy.key is None:
+            self.body = []
             return
         body = self.recorder.result() if self.recorder is not None else self._decoded_json()
-        if body is None:
+        self.body, self.recorder, self._decoder = [], None, None
+        if body is None or len(body) > self.limit:
             return
         answer = CachedAnswer(status=self.status, content_type="application/json", body=body,
                               dialect=self.dialect, created=time.time())
         await self.cache.store(self.policy.key, answer)
 
     def _decoded_json(self) -> bytes | None:
-        if not self.content_type.startswith("application/json") or self.encoding not in _DECODERS:
-            return None
-        raw = b"".join(self.body)
-        wbits = _DECODERS[self.encoding]
-        try:
-            return raw if wbits is None else zlib.decompress(raw, wbits)
-        except zlib.error:
-            return None
+        decoder = self._decoder
+        if decoder is not None and (not decoder.eof or decoder.unused_data):
+            return None  # a truncated or multi-member body: not the answer whole
+        return b"".join(self.body)

@@ -89,6 +89,10 @@ class ServerSettings:
     max_body_bytes: int = 32 * 1024 * 1024
     max_connections: int = 100
     max_keepalive_connections: int = 100
+    # Seconds a client has to send its whole request body (408 after), and
+    # seconds a request may wait for one of the max_connections slots (503 after).
+    body_timeout: float = 30.0
+    slot_timeout: float = 10.0
     # Seconds between checks of the config file for changes; 0 turns polling off
     # (SIGHUP still reloads).
     reload_interval: float = 2.0
@@ -398,6 +402,8 @@ def _build_server(node) -> ServerSettings:
         max_body_bytes=int(node.get("max_body_bytes", d.max_body_bytes)),
         max_connections=int(node.get("max_connections", d.max_connections)),
         max_keepalive_connections=int(node.get("max_keepalive_connections", d.max_keepalive_connections)),
+        body_timeout=float(node.get("body_timeout", d.body_timeout)),
+        slot_timeout=float(node.get("slot_timeout", d.slot_timeout)),
         reload_interval=float(node.get("reload_interval", d.reload_interval)),
         grace_period=float(node.get("grace_period", d.grace_period)),
         workers=int(node.get("workers", d.workers)),

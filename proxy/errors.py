@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from starlette.responses import Response
 
@@ -13,6 +14,8 @@ class ProxyError(Exception):
     status = 500
     openai_type = "api_error"
     anthropic_type = "api_error"
+    # Extra response headers (name, value pairs or a mapping), e.g. Retry-After.
+    headers: Mapping[str, str] | tuple[tuple[str, str], ...] = ()
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -23,6 +26,11 @@ class BadRequest(ProxyError):
     status = 400
     openai_type = "invalid_request_error"
     anthropic_type = "invalid_request_error"
+
+
+class BadPath(BadRequest):
+    """A path with dot segments or encoded slashes: refused before routing,
+    so no path can leave `/v1/` or an upstream's base URL."""
 
 
 class Unauthorized(ProxyError):
@@ -41,6 +49,32 @@ class PayloadTooLarge(ProxyError):
     status = 413
     openai_type = "invalid_request_error"
     anthropic_type = "request_too_large"
+
+
+class BodyTimeout(ProxyError):
+    """The client did not send its whole body within `server/@body_timeout`."""
+
+    status = 408
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    # The rest of the body may still arrive: the connection cannot be reused.
+    headers = (("connection", "close"),)
+
+
+class ClientClosed(ProxyError):
+    """The client went away before its answer was ready; nothing is sent back.
+    Counted as 499 (nginx's "client closed request"), not as a server error."""
+
+    status = 499
+
+
+class NoSlot(ProxyError):
+    """No upstream connection slot came free within `server/@slot_timeout`."""
+
+    status = 503
+    openai_type = "api_error"
+    anthropic_type = "overloaded_error"
+    headers = (("retry-after", "1"),)
 
 
 class UpstreamUnavailable(ProxyError):
@@ -64,7 +98,7 @@ def error_body(dialect: str, error_type: str, message: str) -> dict:
 def error_response(exc: ProxyError, dialect: str) -> Response:
     error_type = exc.anthropic_type if dialect == "anthropic" else exc.openai_type
     body = json.dumps(error_body(dialect, error_type, exc.message)).encode()
-    return Response(body, status_code=exc.status, media_type="application/json")
+    return Response(body, status_code=exc.status, media_type="application/json", headers=dict(exc.headers))
 
 
 def stream_error_event(dialect: str, message: str) -> bytes:

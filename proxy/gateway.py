@@ -1,29 +1,41 @@
-"""A proxied request's way through: read, rewrite (chat routes), forward, relay."""
+"""A proxied request's way through: check the path, read the body, take an
+upstream slot, rewrite (chat routes), forward, relay.
+
+Limits, all in the dialect's error shape and with nothing sent upstream:
+a path with dot segments or encoded slashes is a 400; a body over
+`max_body_bytes` a 413; a body not received whole within `body_timeout` a
+408. The body is read before the request waits for one of the
+`max_connections` slots, at most `slot_timeout` (503 + Retry-After after).
+A client that goes away before its answer is ready cancels the upstream
+call (unless a coalesced follower waits for the same answer) and is counted
+as 499, like one that goes away mid-upload."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import anyio
-from starlette.background import BackgroundTask
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from .cache import Subscriber, credential_fingerprint
 from .caching import CACHE_HEADER, ResponseCache, follow, request_policy
 from .chat import ChatRequest, manages, parse_chat_body, prepare_chat
-from .pipeline import conversation_keys
 from .config import Config, Upstream
-from .errors import (NotFound, PayloadTooLarge, ProxyError, UpstreamTimeout, UpstreamUnavailable,
-                     error_response)
+from .errors import (BodyTimeout, ClientClosed, NoSlot, NotFound, PayloadTooLarge, ProxyError,
+                     UpstreamTimeout, UpstreamUnavailable, error_response)
+from .gate import UpstreamGate
+from .pipeline import conversation_keys
 from .records import RequestRecord
-from .routing import Router, chat_dialect, dialect_of
+from .routing import Routes, Target, chat_dialect, check_path, dialect_of
 from .telemetry import Telemetry
-from .upstream import CLIENT_GONE, WHOLE_BODY_LIMIT, UpstreamClient, relay
+from .upstream import CLIENT_GONE, UpstreamClient, relay
 
 log = logging.getLogger("ctxwarden")
 
@@ -35,7 +47,8 @@ _UPSTREAM_ERROR_KINDS = {UpstreamUnavailable: "connect", UpstreamTimeout: "timeo
 
 @dataclass(frozen=True)
 class Incoming:
-    """The parts of a client request the upstream call needs."""
+    """The parts of a client request the upstream call needs; `path` is the
+    checked path with the client's percent-escapes (routing.check_path)."""
 
     method: str
     path: str
@@ -49,44 +62,85 @@ class Incoming:
         return ""
 
 
+class Slot:
+    """A request's interactive slot of the upstream gate: waited for at most
+    `timeout` right before the upstream call, released once the response has
+    been sent (stream included)."""
+
+    def __init__(self, gate: UpstreamGate):
+        self.gate = gate
+        self.held = False
+
+    async def take(self, timeout: float) -> None:
+        try:
+            with anyio.fail_after(timeout):
+                await self.gate.acquire("interactive")
+        except TimeoutError:
+            raise NoSlot(f"all {self.gate.pool_size} upstream connection slots stayed busy for "
+                         f"{timeout:g} s; retry shortly") from None
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.gate.release("interactive")
+
+
 class Gateway:
     """Everything a request needs that is derived from one config."""
 
     def __init__(self, config: Config, client: UpstreamClient, telemetry: Telemetry, cache: ResponseCache):
         self.config = config
-        self.router = Router(config.upstreams)
+        # Keys are read here, once per config: raises ConfigError when one is missing.
+        self.routes = Routes.resolve(config.upstreams)
         self.client = client
         self.telemetry = telemetry
         self.cache = cache
 
-    async def handle(self, request: Request) -> Response:
+    async def serve(self, scope: Scope, receive: Receive, send: Send, gate: UpstreamGate) -> None:
+        """Answer one proxied request; the slot it takes is held until the
+        whole response has been sent."""
+        request = Request(scope, receive)
         path = request.url.path
-        dialect = chat_dialect(request.method, path)
-        record = RequestRecord(route=_ROUTES.get(dialect, "forward"), method=request.method, path=path)
-        record.dialect = dialect or dialect_of(path, "anthropic-version" in request.headers)
+        record = RequestRecord(route="forward", method=request.method, path=path,
+                               dialect=dialect_of(path, "anthropic-version" in request.headers))
+        slot = Slot(gate)
+        try:
+            response = await self._answer(record, lambda: self._proxied(request, record, slot))
+            if record.status != ClientClosed.status:
+                await response(scope, receive, send)
+        finally:
+            slot.release()
+            await self._finished(record)
 
-        async def answer() -> Response:
-            if not path.startswith("/v1/"):
-                raise NotFound(f"ctxwarden serves no path {path!r}; the provider APIs live under /v1/")
+    async def _proxied(self, request: Request, record: RequestRecord, slot: Slot) -> Response:
+        raw_path = request.scope.get("raw_path") or quote(request.scope["path"]).encode()
+        path = check_path(raw_path)
+        dialect = chat_dialect(request.method, path.decoded)
+        record.path, record.route = path.decoded, _ROUTES.get(dialect, "forward")
+        record.dialect = dialect or dialect_of(path.decoded, "anthropic-version" in request.headers)
+        if not path.decoded.startswith("/v1/"):
+            raise NotFound(f"ctxwarden serves no path {path.decoded!r}; the provider APIs live under /v1/")
+        server = self.config.server
+        body = await read_body(request, server.max_body_bytes, server.body_timeout)
+        incoming = Incoming(request.method, path.raw, request.scope["query_string"], request.headers.raw)
+
+        async def work() -> Response:
             if dialect is None:
-                return await self.forward(request, record)
-            raw = await read_body(request, self.config.server.max_body_bytes)
-            incoming = Incoming(request.method, path, request.scope["query_string"], request.headers.raw)
-            return await self.chat(incoming, raw, dialect, record)
+                return await self.forward(incoming, body, record, slot)
+            return await self.chat(incoming, body, dialect, record, slot)
 
-        response = await self._answer(record, answer)
-        response.background = BackgroundTask(self._finished, record)
-        return response
+        return await until_disconnected(request.receive, work, keep_going=lambda: _followed(record))
 
     async def answer_task(self, dialect: str, path: str, headers: list[tuple[bytes, bytes]],
                           body: dict) -> tuple[int, bytes, dict[str, str]]:
         """One task of a parallel run, through the same rewrite and cache as a
-        single request; the answer read whole."""
+        single request; the answer read whole. Its slot is the caller's."""
         record = RequestRecord(route="parallel_task", method="POST", path=path, dialect=dialect)
         raw = json.dumps(body, ensure_ascii=False).encode()
-        response = await self._answer(record, lambda: self.chat(Incoming("POST", path, b"", headers), raw,
-                                                                dialect, record))
         try:
+            response = await self._answer(record, lambda: self.chat(Incoming("POST", path, b"", headers), raw,
+                                                                    dialect, record))
             if isinstance(response, StreamingResponse):
                 content = b"".join([chunk async for chunk in response.body_iterator])
             else:
@@ -96,8 +150,9 @@ class Gateway:
         return response.status_code, content, {k.decode("latin-1"): v.decode("latin-1")
                                                for k, v in response.raw_headers}
 
-    async def _answer(self, record: RequestRecord, answer) -> Response:
-        """Run `answer`, mapping proxy errors to the dialect's error response."""
+    async def _answer(self, record: RequestRecord, answer: Callable[[], Awaitable[Response]]) -> Response:
+        """Run `answer`, mapping proxy errors to the dialect's error response.
+        The caller ends the record (`_finished`) whatever happens."""
         self.telemetry.start(record)
         try:
             response = await answer()
@@ -105,37 +160,39 @@ class Gateway:
             log.info("%s %s -> %d: %s", record.method, record.path, exc.status, exc.message)
             record.error_kind = _UPSTREAM_ERROR_KINDS.get(type(exc), "")
             response = error_response(exc, record.dialect)
+        except anyio.get_cancelled_exc_class():
+            record.status = ClientClosed.status
+            raise
         except BaseException:
             record.status = 500
-            self.telemetry.finish(record)
             raise
         record.status = response.status_code
         return response
 
     async def _finished(self, record: RequestRecord) -> None:
-        # A coroutine, so Starlette's BackgroundTask runs it on the loop, not in
-        # a worker thread.
         if record.tap is not None:
             # Normally ended by the relay already; this catches a stream whose
             # body was never iterated, so coalesced followers are not left waiting.
-            await record.tap.end(CLIENT_GONE)
+            with anyio.CancelScope(shield=True):
+                await record.tap.end(CLIENT_GONE)
         self.telemetry.finish(record)
 
-    async def chat(self, request: Incoming, raw: bytes, dialect: str, record: RequestRecord) -> Response:
+    async def chat(self, request: Incoming, raw: bytes, dialect: str, record: RequestRecord,
+                   slot: Slot | None = None) -> Response:
         started = time.perf_counter()
         body = parse_chat_body(raw)
-        upstream = self.router.choose(dialect, body["model"])
-        chat = await self._prepare(request, raw, body, dialect, upstream)
+        target = self.routes.route(dialect, body["model"])
+        chat = await self._prepare(request, raw, body, dialect, target.upstream)
         record.rewrite_seconds = time.perf_counter() - started
         record.rewrite, record.tokens_before, record.tokens_after = chat.rewrite, chat.tokens_before, chat.tokens_after
         record.rewrite_reason = chat.reason
         record.cost_sent, record.cost_passthrough = chat.cost_sent, chat.cost_passthrough
         extra = chat.headers()
-        policy = request_policy(self.config.cache, upstream.name, request.path, chat.body,
-                                request.headers, request.header(b"cache-control"))
+        policy = request_policy(self.config.cache, target.name, request.path, chat.body,
+                                request.headers, request.header(b"cache-control"), query=request.query)
         if policy.key is None:
             record.cache = "bypass"
-            response = await self._send(record, upstream, request, chat.content)
+            response = await self._send(record, target, request, chat.content, slot)
             return await relay(response, extra + [(CACHE_HEADER, b"bypass")], dialect, record)
         hit = await self.cache.lookup(policy, dialect, extra)
         if hit is not None:
@@ -148,7 +205,7 @@ class Gateway:
         record.cache = "miss"
         record.tap = self.cache.tap(policy, dialect, entry)
         try:
-            response = await self._send(record, upstream, request, chat.content)
+            response = await self._send(record, target, request, chat.content, slot)
         except BaseException as exc:
             await record.tap.end(exc if isinstance(exc, Exception) else CLIENT_GONE)
             raise
@@ -164,37 +221,69 @@ class Gateway:
         if not manages(tokens, dialect, body, raw):
             return await _call(large, prepare_chat, tokens, dialect, raw, body, pricing)
         keys = await _call(large, conversation_keys, body, dialect)
-        tenant = credential_fingerprint(request.headers)
+        tenant = credential_fingerprint(request.headers, query=request.query)
         state = await self.cache.load_conversation(tenant, keys)
         chat = await _call(large, prepare_chat, tokens, dialect, raw, body, pricing, state, keys)
         if chat.state is not None and (state is None or chat.state.key != state.key):
             await self.cache.store_conversation(tenant, chat.state)
         return chat
 
-    async def _send(self, record: RequestRecord, upstream: Upstream, request: Incoming, content,
-                    streamed_length: int | None = None):
-        record.upstream = upstream.name
+    async def _send(self, record: RequestRecord, target: Target, request: Incoming, content: bytes | None,
+                    slot: Slot | None):
+        if slot is not None:
+            await slot.take(self.config.server.slot_timeout)
+        record.upstream = target.name
         started = time.perf_counter()
         record.overhead_seconds = started - record.started
         try:
-            return await self.client.send(upstream, request.method, request.path, request.query,
-                                          request.headers, content, streamed_length)
+            return await self.client.send(target, request.method, request.path, request.query,
+                                          request.headers, content)
         finally:
             record.upstream_seconds = time.perf_counter() - started
 
-    async def forward(self, request: Request, record: RequestRecord) -> Response:
-        upstream = self.router.choose(record.dialect, None)
-        limit = self.config.server.max_body_bytes
-        declared = _declared_length(request, limit)
-        if declared is not None and declared <= WHOLE_BODY_LIMIT:
-            content, streamed_length = (await request.body() if declared else None), None
-        elif declared is None and "transfer-encoding" not in request.headers:
-            content, streamed_length = None, None
-        else:
-            content, streamed_length = _limited(request.stream(), limit), declared
-        incoming = Incoming(request.method, request.url.path, request.scope["query_string"], request.headers.raw)
-        response = await self._send(record, upstream, incoming, content, streamed_length)
+    async def forward(self, request: Incoming, body: bytes, record: RequestRecord, slot: Slot | None) -> Response:
+        target = self.routes.route(record.dialect, None)
+        response = await self._send(record, target, request, body or None, slot)
         return await relay(response, [], stream_error_dialect=None, record=record)
+
+
+def _followed(record: RequestRecord) -> bool:
+    """Whether coalesced followers wait for the answer this request fetches."""
+    broadcast = getattr(record.tap, "broadcast", None)
+    return broadcast is not None and broadcast.followers > 0 and not broadcast.closed
+
+
+async def until_disconnected(receive: Receive, work: Callable[[], Awaitable],
+                             keep_going: Callable[[], bool] = lambda: False):
+    """`work()`'s result, or ClientClosed when the client disconnected first:
+    the work (and the upstream call in it) is then cancelled, unless
+    `keep_going()` says someone else waits for it. Call once the request body
+    has been read whole: from then on the server's `receive` only reports the
+    disconnect."""
+    result = error = None
+    finished = False
+    async with anyio.create_task_group() as tasks:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if keep_going():
+                log.info("client went away; its answer is still fetched for a coalesced follower")
+            else:
+                tasks.cancel_scope.cancel()
+
+        tasks.start_soon(watch)
+        try:
+            result = await work()
+            finished = True
+        except Exception as exc:  # re-raised below, outside the task group
+            error = exc
+        tasks.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    if not finished:
+        raise ClientClosed("the client closed the connection before its answer was ready")
+    return result
 
 
 async def _call(offload: bool, function, *args):
@@ -221,6 +310,14 @@ async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
         yield chunk
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body: at most `limit` bytes (413), arrived within `timeout`
+    seconds (408); a client gone mid-upload is ClientClosed (499)."""
     _declared_length(request, limit)
-    return b"".join([chunk async for chunk in _limited(request.stream(), limit)])
+    try:
+        with anyio.fail_after(timeout):
+            return b"".join([chunk async for chunk in _limited(request.stream(), limit)])
+    except TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {timeout:g} s") from None
+    except ClientDisconnect:
+        raise ClientClosed("the client closed the connection while sending its body") from None

@@ -43,6 +43,12 @@ Substitution happens in ``request["messages"]`` only:
 Nothing else is touched: not roles, names, tool calls, image blocks, the
 Anthropic top-level ``system`` field nor any other request field.
 
+Size: a task's request with its placeholders filled must be at most the
+server's ``max_body_bytes`` once serialized, as a request sent to the proxy
+directly must. The size is computed from the template and the answers' sizes
+before anything is built (:func:`filled_size`); a task over the limit is not
+sent, ends ``error`` with ``http_status`` 413, and its dependants are skipped.
+
 Syntax, scanned left to right in one pass (inserted answers are never
 re-scanned):
 
@@ -61,9 +67,12 @@ separator. An answer with no text (only tool calls, say) substitutes ``""``.
 
 Statuses
 --------
-``ok``       run_one answered with a 2xx status.
+``ok``       run_one answered with a 2xx status and a readable JSON body.
 ``error``    run_one raised, or answered with a non-2xx status (``http_status``
-             and ``answer`` then hold the upstream's status and error body).
+             and ``answer`` then hold the upstream's status and error body), or
+             with a 2xx body that could not be read (see ``TaskAnswer.from_http``);
+             or the task's request, placeholders filled, would have been larger
+             than ``max_body_bytes`` (``http_status`` 413, nothing was sent).
 ``timeout``  the task took longer than ``task_timeout``; its call was cancelled.
 ``skipped``  not run because a dependency (direct or transitive) did not end
              ``ok``; ``blocked_by`` names the task that failed and ``error`` says so.
@@ -85,6 +94,7 @@ import json
 import logging
 import re
 import time
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +102,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 log = logging.getLogger("ctxwarden.parallel")
+
+try:  # optional decoders, used when installed (as httpx does)
+    import brotli as _brotli  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the environment
+    _brotli = None
+try:
+    import zstandard as _zstd  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    _zstd = None
 
 __all__ = [
     "CHAT_PATHS",
@@ -101,8 +120,14 @@ __all__ = [
     "TaskGraph",
     "TaskGraphError",
     "TaskResult",
+    "AnswerUnreadable",
+    "MAX_ANSWER_BYTES",
     "answer_text",
+    "decode_content",
     "fill_placeholders",
+    "filled_size",
+    "json_string_size",
+    "request_size",
     "parse_task_graph",
     "run_task_graph",
     "summarize",
@@ -112,6 +137,10 @@ DEFAULT_UPSTREAM_PATH = "/v1/chat/completions"
 CHAT_PATHS = ("/v1/chat/completions", "/v1/messages")
 TASK_FIELDS = ("id", "request", "depends_on", "upstream_path")
 MAX_ID_LENGTH = 128
+
+#: the most bytes a task's answer may take once decoded (gzip etc.); a larger
+#: answer makes the task fail instead of being inflated without bound
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 OK, ERROR, TIMEOUT, SKIPPED = "ok", "error", "timeout", "skipped"
 STATUSES = (OK, ERROR, TIMEOUT, SKIPPED)
@@ -150,6 +179,10 @@ class Task:
     templated: bool = False
     #: fields allowed by parse_task_graph(extra_fields=...), as given
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: (id, occurrences) of every placeholder in the messages, for the size check
+    placeholder_counts: tuple[tuple[str, int], ...] = ()
+    #: how many '{{{{' escapes the messages hold (each becomes '{{')
+    escapes: int = 0
 
     @property
     def dialect(self) -> str:
@@ -187,28 +220,113 @@ class TaskAnswer:
     tokens_after: int | None = None
     #: x-ctxwarden-cache: hit | miss | bypass, when known
     cache: str | None = None
-    #: an explanation to report when status is not 2xx (else taken from the body)
+    #: an explanation to report when status is not 2xx (else taken from the body);
+    #: set with a 2xx status, it makes the task fail (an answer that could not be read)
     error: str | None = None
 
     @classmethod
     def from_http(cls, status: int, content: bytes | str | None,
-                  headers: Mapping[str, str] | None = None) -> "TaskAnswer":
-        """From a raw HTTP answer: parses the JSON body and reads the
-        ``x-ctxwarden-tokens-before/-after`` and ``x-ctxwarden-cache`` headers."""
+                  headers: Mapping[str, str] | None = None, *,
+                  max_bytes: int = MAX_ANSWER_BYTES) -> "TaskAnswer":
+        """From a raw HTTP answer, as it came on the wire: decodes the body by
+        its ``Content-Encoding`` (gzip, deflate, identity; br and zstd when
+        their module is installed), at most ``max_bytes`` decoded, parses it as
+        JSON and reads the ``x-ctxwarden-tokens-before/-after`` and
+        ``x-ctxwarden-cache`` headers.
+
+        A 2xx answer whose body cannot be decoded or is not JSON gets ``error``
+        set (the task then fails rather than report ``ok`` with no answer)."""
+        h = _lower_keys(headers)
         body: Any = None
+        error: str | None = None
         if content:
             try:
+                if isinstance(content, str):
+                    content = content.encode("utf-8", "surrogatepass")
+                content = decode_content(content, h.get("content-encoding"), max_bytes)
                 body = json.loads(content)
+            except AnswerUnreadable as exc:
+                error = f"upstream answered {status} with a body that could not be read: {exc}"
             except (ValueError, UnicodeDecodeError):
-                body = None
-        h = headers or {}
+                if 200 <= status < 300:
+                    error = f"upstream answered {status} with a body that is not JSON"
+        elif 200 <= status < 300:
+            error = f"upstream answered {status} with an empty body"
         return cls(
             status=status,
             body=body,
             tokens_before=_int_or_none(h.get("x-ctxwarden-tokens-before")),
             tokens_after=_int_or_none(h.get("x-ctxwarden-tokens-after")),
             cache=h.get("x-ctxwarden-cache"),
+            error=error,
         )
+
+
+class AnswerUnreadable(ValueError):
+    """A task's answer body could not be decoded (unknown or broken
+    Content-Encoding, or larger than the limit once decoded)."""
+
+
+def _lower_keys(headers: Mapping[str, str] | None) -> dict[str, str]:
+    if not headers:
+        return {}
+    return {str(k).lower(): v for k, v in headers.items()}
+
+
+def decode_content(content: bytes, encoding: str | None, max_bytes: int = MAX_ANSWER_BYTES) -> bytes:
+    """``content`` with its ``Content-Encoding`` undone (the codings listed are
+    undone last first); raise :class:`AnswerUnreadable` for an unknown or broken
+    coding, or when the decoded body would exceed ``max_bytes`` (decoding stops
+    there: a small compressed answer cannot expand without bound)."""
+    codings = [c.strip().lower() for c in (encoding or "").split(",")]
+    for coding in reversed([c for c in codings if c and c != "identity"]):
+        try:
+            if coding in ("gzip", "x-gzip"):
+                content = _inflate(content, 16 + zlib.MAX_WBITS, max_bytes, members=True)
+            elif coding == "deflate":  # zlib-wrapped per the RFC; some servers send it raw
+                try:
+                    content = _inflate(content, zlib.MAX_WBITS, max_bytes)
+                except zlib.error:
+                    content = _inflate(content, -zlib.MAX_WBITS, max_bytes)
+            elif coding == "br" and _brotli is not None:
+                content = _bounded(_brotli.decompress(content), max_bytes)
+            elif coding == "zstd" and _zstd is not None:
+                content = _bounded(_zstd.ZstdDecompressor().decompress(content, max_output_size=max_bytes + 1),
+                                   max_bytes)
+            else:
+                raise AnswerUnreadable(f"unsupported Content-Encoding {coding!r}")
+        except AnswerUnreadable:
+            raise
+        except Exception as exc:  # zlib.error, brotli.error, zstd.ZstdError
+            raise AnswerUnreadable(f"broken {coding} body ({exc})") from exc
+    if len(content) > max_bytes:
+        raise AnswerUnreadable(f"the answer is larger than {max_bytes} bytes")
+    return content
+
+
+def _bounded(data: bytes, max_bytes: int) -> bytes:
+    if len(data) > max_bytes:
+        raise AnswerUnreadable(f"the answer is larger than {max_bytes} bytes once decoded")
+    return data
+
+
+def _inflate(data: bytes, wbits: int, max_bytes: int, *, members: bool = False) -> bytes:
+    out = bytearray()
+    while True:
+        d = zlib.decompressobj(wbits)
+        buf = data
+        while not d.eof:
+            # max_length >= 1 here (0 would mean "no limit")
+            chunk = d.decompress(buf, max_bytes + 1 - len(out))
+            out += chunk
+            if len(out) > max_bytes:
+                raise AnswerUnreadable(f"the answer is larger than {max_bytes} bytes once decoded")
+            buf = d.unconsumed_tail
+            if not chunk and not buf:
+                raise zlib.error("the compressed body ends early")
+        data = d.unused_data
+        if not members or not data.strip(b"\0"):  # trailing NULs after gzip members are padding
+            return bytes(out)
 
 
 @dataclass
@@ -418,16 +536,21 @@ def _parse_task(raw: Any, index: int, allowed: set[str]) -> Task:
             f"{where}: upstream_path must be {' or '.join(repr(p) for p in CHAT_PATHS)}, not {_show(path)}",
             task_id=tid, index=index)
 
-    names: set[str] = set()
+    counts: dict[str, int] = {}
+    escapes = 0
     templated = False
     for s in _message_strings(messages):
         if "{{" in s:
             templated = True
             for m in _TOKEN_RE.finditer(s):
-                if m.group(1) is not None:
-                    names.add(m.group(1))
+                name = m.group(1)
+                if name is None:
+                    escapes += 1
+                else:
+                    counts[name] = counts.get(name, 0) + 1
     extra = {k: raw[k] for k in raw if k not in TASK_FIELDS}
-    return Task(tid, request, deps, path, index, frozenset(names), templated, extra)
+    return Task(tid, request, deps, path, index, frozenset(counts), templated, extra,
+                tuple(counts.items()), escapes)
 
 
 def _show(v: Any) -> str:
@@ -557,6 +680,34 @@ def fill_placeholders(task: Task, answers: Mapping[str, str]) -> dict[str, Any]:
     return body
 
 
+def json_string_size(s: str) -> int:
+    """Bytes ``s`` takes inside a JSON document written with
+    ``json.dumps(..., ensure_ascii=False)`` and UTF-8, quotes excluded.
+
+    JSON escapes each character on its own, so the size of a concatenation is
+    the sum of the sizes of its parts.
+    """
+    return len(json.dumps(s, ensure_ascii=False).encode("utf-8", "surrogatepass")) - 2
+
+
+def request_size(request: Mapping[str, Any]) -> int:
+    """Bytes of a request body as the proxy sends it (``json.dumps(body,
+    ensure_ascii=False)`` in UTF-8)."""
+    return len(json.dumps(request, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+def filled_size(task: Task, answer_sizes: Mapping[str, int]) -> int:
+    """Bytes of ``fill_placeholders(task, answers)`` once serialized, computed
+    without building it: the template's size, plus for each placeholder
+    occurrence the size of its answer (``answer_sizes[id]``, as
+    :func:`json_string_size` gives it) minus that of the placeholder, minus 2
+    bytes per ``{{{{`` escape."""
+    size = request_size(task.request)
+    for name, count in task.placeholder_counts:
+        size += count * (answer_sizes[name] - json_string_size("{{" + name + "}}"))
+    return size - 2 * task.escapes
+
+
 def answer_text(body: Any) -> str:
     """The answer's text: OpenAI ``choices[0].message.content``, Anthropic the
     concatenated ``text`` blocks of ``content``; ``""`` when there is none."""
@@ -613,6 +764,7 @@ async def run_task_graph(
     clock: Callable[[], float] = time.monotonic,
     on_progress: ProgressCallback | None = None,
     on_result: ResultCallback | None = None,
+    max_body_bytes: int | None = None,
 ) -> list[TaskResult]:
     """Run every task of ``graph``; return their results in input order.
 
@@ -630,6 +782,12 @@ async def run_task_graph(
     called as each result is final (skipped ones included). Exceptions from
     either callback are logged and ignored.
 
+    With ``max_body_bytes``, a task whose request, placeholders filled, would
+    be larger than that once serialized (see :func:`filled_size`) is not sent:
+    it ends ``error`` with ``http_status`` 413 and its dependants are skipped.
+    The size is computed before the body is built, so an answer inserted many
+    times never makes a huge body in memory.
+
     Cancelling the caller (client gone) cancels every running call.
     """
     if not isinstance(max_workers, int) or max_workers < 1:
@@ -642,6 +800,7 @@ async def run_task_graph(
     wall0 = time.time()
     results: dict[str, TaskResult] = {}
     answers: dict[str, str] = {}
+    answer_sizes: dict[str, int] = {}  # id -> json_string_size(answer), computed on first use
     pending = {t.id: len(t.depends_on) for t in tasks}
     ready: deque[Task] = deque(t for t in tasks if not t.depends_on)
     dependants = graph.dependants
@@ -726,8 +885,27 @@ async def run_task_graph(
         else:
             start_ready()
 
+    def too_large(task: Task) -> int | None:
+        """The filled request's size when it is over ``max_body_bytes``, else None."""
+        if max_body_bytes is None:
+            return None
+        for name, _ in task.placeholder_counts:
+            if name not in answer_sizes:
+                answer_sizes[name] = json_string_size(answers[name])
+        size = filled_size(task, answer_sizes)
+        return size if size > max_body_bytes else None
+
     async def run(task: Task) -> TaskResult:
         started = clock()
+        oversize = too_large(task)
+        if oversize is not None:
+            finished = clock()
+            return TaskResult(
+                id=task.id, status=ERROR, http_status=413,
+                error=(f"request too large: with its placeholders filled the request would be {oversize} bytes, "
+                       f"more than max_body_bytes ({max_body_bytes}); it was not sent"),
+                started=started - t0, finished=finished - t0,
+                duration_ms=round((finished - started) * 1000, 3), run_started_at=wall0)
         try:
             body = fill_placeholders(task, answers) if task.templated else dict(task.request)
             if limit is None:
@@ -763,7 +941,7 @@ async def run_task_graph(
                 duration_ms=round((finished - started) * 1000, 3), run_started_at=wall0)
         finished = clock()
         status = answer.status
-        good = isinstance(status, int) and 200 <= status < 300
+        good = isinstance(status, int) and 200 <= status < 300 and answer.error is None
         if good:
             answers[task.id] = answer_text(answer.body)
         return TaskResult(

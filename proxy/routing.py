@@ -1,14 +1,50 @@
-"""Which dialect a request speaks and which configured upstream serves it."""
+"""Which dialect a request speaks and which configured upstream serves it,
+on a path checked once before anything else looks at it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from urllib.parse import unquote
 
-from .config import Upstream
-from .errors import NotFound
+import httpx
+
+from .config import ConfigError, ConfigIssue, Upstream
+from .errors import BadPath, NotFound
 
 OPENAI_CHAT_PATH = "/v1/chat/completions"
 ANTHROPIC_MESSAGES_PATH = "/v1/messages"
+
+
+@dataclass(frozen=True)
+class RequestPath:
+    """A client's path once checked: `raw` keeps the client's percent-escapes
+    and is what the upstream gets; `decoded` is what routing compares."""
+
+    raw: str
+    decoded: str
+
+
+# Escapes that would make one segment into two (or a Windows separator), any case.
+_ENCODED_SEPARATORS = ("%2f", "%5c")
+
+
+def check_path(raw_path: bytes) -> RequestPath:
+    """The path as sent (`raw_path`, without the query), or BadPath when it has
+    a dot segment (`.`, `..`, also percent-encoded, any case) or an encoded slash or
+    backslash: such a path could reach another route, or another path of the
+    upstream, than the one it names."""
+    # Bytes that are not printable ASCII, and '#', are escaped so that the
+    # upstream URL built from `raw` has exactly this path.
+    raw = "".join(chr(b) if 0x20 < b < 0x7f and b != 0x23 else f"%{b:02X}" for b in raw_path)
+    lowered = raw.lower()
+    if "\\" in raw or any(escape in lowered for escape in _ENCODED_SEPARATORS):
+        raise BadPath("the request path must not contain an encoded slash or a backslash")
+    decoded = unquote(raw)
+    # `..;x` counts too: some servers drop path parameters before resolving.
+    if any(segment.split(";", 1)[0] in (".", "..") for segment in decoded.split("/")):
+        raise BadPath("the request path must not contain '.' or '..' segments")
+    return RequestPath(raw, decoded)
 
 
 def dialect_of(path: str, has_anthropic_version: bool) -> str:
@@ -50,3 +86,49 @@ class Router:
             if not upstream.model_patterns:
                 return upstream
         return candidates[0]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One upstream as a request uses it, fixed when the request is routed:
+    URL, key and timeouts of one config travel together to the send, so a
+    reload can never pair one upstream's URL with another's key."""
+
+    upstream: Upstream
+    api_key: str | None = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.upstream.name
+
+    def timeout(self) -> dict[str, float]:
+        t = self.upstream.timeouts
+        return httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool).as_dict()
+
+
+@dataclass(frozen=True)
+class Routes:
+    """The upstreams of one config with their keys read from the environment."""
+
+    router: Router
+    targets: tuple[Target, ...]
+
+    @classmethod
+    def resolve(cls, upstreams: tuple[Upstream, ...]) -> "Routes":
+        """Raises ConfigError when a named key variable is not set."""
+        return cls(Router(upstreams), tuple(Target(u, api_key(u)) for u in upstreams))
+
+    def route(self, dialect: str, model: str | None) -> Target:
+        chosen = self.router.choose(dialect, model)
+        return next(t for t in self.targets if t.upstream is chosen)
+
+
+def api_key(upstream: Upstream) -> str | None:
+    if upstream.api_key_env is None:
+        return None
+    key = os.environ.get(upstream.api_key_env)
+    if not key:
+        raise ConfigError([ConfigIssue("<environment>", None,
+                                       f"upstream {upstream.name!r}: environment variable "
+                                       f"{upstream.api_key_env} named by api_key_env is not set")])
+    return key

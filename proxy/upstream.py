@@ -3,18 +3,20 @@ its answer back: whole for small bodies, chunk by chunk for streams."""
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Protocol
+from urllib.parse import unquote
 
 import anyio
 import httpx
 from starlette.responses import Response, StreamingResponse
 
-from .config import ConfigError, ConfigIssue, ServerSettings, Upstream
-from .errors import UpstreamTimeout, UpstreamUnavailable, stream_error_event
+from .config import ServerSettings, Upstream
+from .errors import BadPath, UpstreamTimeout, UpstreamUnavailable, stream_error_event
 from .records import RequestRecord
+from .routing import Target
 
 log = logging.getLogger("ctxwarden.upstream")
 
@@ -127,7 +129,8 @@ class _ReleasingStream(httpx.AsyncByteStream):
 
 
 class UpstreamClient:
-    """The process's one httpx.AsyncClient, with per-upstream timeouts and keys.
+    """The process's one httpx.AsyncClient; what to send where comes with each
+    request as a Target (URL, key and timeouts of one config together).
 
     Requests go straight to the client's transport (its connection pool): a
     proxy wants none of the client layer's extras. Redirects must reach the
@@ -136,22 +139,11 @@ class UpstreamClient:
     per-request cost.
     """
 
-    def __init__(self, server: ServerSettings, upstreams: tuple[Upstream, ...]):
+    def __init__(self, server: ServerSettings):
         self._transport = ShardedPoolTransport(
             httpx.Limits(max_connections=server.max_connections,
                          max_keepalive_connections=server.max_keepalive_connections))
         self._client = httpx.AsyncClient(transport=self._transport, timeout=None, trust_env=False)
-        self.configure(upstreams)
-
-    def configure(self, upstreams: tuple[Upstream, ...]) -> None:
-        """Take the keys and timeouts of a (re)loaded config; the pool stays."""
-        keys = {u.name: _api_key(u) for u in upstreams}
-        self._timeouts = {
-            u.name: httpx.Timeout(connect=u.timeouts.connect, read=u.timeouts.read,
-                                  write=u.timeouts.write, pool=u.timeouts.pool).as_dict()
-            for u in upstreams
-        }
-        self._keys = keys
 
     async def unreachable(self, upstreams: list[Upstream]) -> dict[str, str]:
         """Upstreams that refuse a TCP connection now, with the reason."""
@@ -170,45 +162,74 @@ class UpstreamClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def send(self, upstream: Upstream, method: str, path: str, query: bytes,
-                   headers: list[tuple[bytes, bytes]], content, streamed_length: int | None = None,
-                   ) -> httpx.Response:
+    async def send(self, target: Target, method: str, path: str, query: bytes,
+                   headers: list[tuple[bytes, bytes]], content: bytes | None) -> httpx.Response:
         """Send and return the response with its body not yet read.
 
-        `streamed_length`: the declared size of a body given as a stream, sent
-        as Content-Length so the upstream gets no chunked encoding.
+        `path` is the client's checked path with its percent-escapes
+        (routing.check_path). Retried once, and only when the upstream closed a
+        reused keep-alive connection before answering anything.
         """
-        url = upstream.base_url + path
-        if query:
-            url += "?" + query.decode("latin-1")
-        sent_headers = request_headers(headers, upstream, self._keys.get(upstream.name))
-        if streamed_length is not None:
-            sent_headers.append((b"content-length", str(streamed_length).encode()))
-        request = httpx.Request(
-            method, url, headers=sent_headers,
-            content=content, extensions={"timeout": self._timeouts[upstream.name]},
-        )
-        try:
-            response = await self._transport.handle_async_request(request)
+        request = _build_request(target, method, path, query, headers, content)
+        for attempt in (1, 2):
+            trace = _ConnectionTrace()
+            request.extensions = {"timeout": target.timeout(), "trace": trace}
+            try:
+                response = await self._transport.handle_async_request(request)
+            except httpx.TimeoutException as exc:
+                log.warning("upstream %s timed out (%s) on %s %s", target.name, type(exc).__name__, method, path)
+                raise UpstreamTimeout(f"upstream {target.name!r} did not answer in time") from exc
+            except httpx.HTTPError as exc:
+                if attempt == 1 and not trace.fresh and _closed_before_answering(exc):
+                    log.info("upstream %s closed a reused connection before answering (%s); retrying once "
+                             "on %s %s", target.name, type(exc).__name__, method, path)
+                    continue
+                log.warning("upstream %s unreachable (%s) on %s %s", target.name, type(exc).__name__, method, path)
+                raise UpstreamUnavailable(f"upstream {target.name!r} could not be reached") from exc
             response.request = request
             return response
-        except httpx.TimeoutException as exc:
-            log.warning("upstream %s timed out (%s) on %s %s", upstream.name, type(exc).__name__, method, path)
-            raise UpstreamTimeout(f"upstream {upstream.name!r} did not answer in time") from exc
-        except httpx.HTTPError as exc:
-            log.warning("upstream %s unreachable (%s) on %s %s", upstream.name, type(exc).__name__, method, path)
-            raise UpstreamUnavailable(f"upstream {upstream.name!r} could not be reached") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _api_key(upstream: Upstream) -> str | None:
-    if upstream.api_key_env is None:
-        return None
-    key = os.environ.get(upstream.api_key_env)
-    if not key:
-        raise ConfigError([ConfigIssue("<environment>", None,
-                                       f"upstream {upstream.name!r}: environment variable "
-                                       f"{upstream.api_key_env} named by api_key_env is not set")])
-    return key
+def _build_request(target: Target, method: str, path: str, query: bytes,
+                   headers: list[tuple[bytes, bytes]], content: bytes | None) -> httpx.Request:
+    base_url = target.upstream.base_url
+    url = base_url + path + ("?" + query.decode("latin-1") if query else "")
+    request = httpx.Request(method, url, headers=request_headers(headers, target.upstream, target.api_key),
+                            content=content)
+    # httpx resolves dot segments when it parses a URL. check_path refuses them
+    # at the door; this makes sure no path ever leaves the base URL's own.
+    if request.url.path != unquote(_base_path(base_url) + path):
+        raise BadPath("the request path does not stay under the upstream's base URL")
+    return request
+
+
+@functools.lru_cache(maxsize=256)
+def _base_path(base_url: str) -> str:
+    return httpx.URL(base_url).raw_path.decode("ascii").rstrip("/")
+
+
+class _ConnectionTrace:
+    """httpcore's trace hook: whether this attempt opened a new connection."""
+
+    __slots__ = ("fresh",)
+
+    def __init__(self) -> None:
+        self.fresh = False
+
+    async def __call__(self, name: str, info: dict) -> None:
+        if name.startswith("connection.connect_"):
+            self.fresh = True
+
+
+def _closed_before_answering(exc: httpx.HTTPError) -> bool:
+    """The error of a connection the upstream closed before sending a response:
+    a clean close (h11: "disconnected without sending a response") or a reset
+    read. Either is raised before a response exists; an answer broken off
+    later fails while it is relayed and is never retried."""
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "without sending a response" in str(exc)
+    return isinstance(exc, httpx.ReadError)
 
 
 class RelayTap(Protocol):
@@ -242,7 +263,9 @@ async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes
                 await tap.end(error)
             raise error from exc
         finally:
-            await response.aclose()
+            # Shielded: when the client went away this runs in a cancelled scope.
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
         if tap is not None:
             tap.start(response.status_code, upstream_headers)
             tap.chunk(body)

@@ -12,7 +12,12 @@ request headers the proxy forwards untouched:
     x-fake-fault: reset-mid-stream
                                  send part of a stream, then drop the connection
                                  without the terminating chunk
-    x-fake-gzip: 1               gzip a non-streaming answer (Content-Encoding)
+    x-fake-gzip: 1               gzip the answer even when the request does not
+                                 accept it (Content-Encoding: gzip)
+
+JSON answers are gzipped whenever the request's Accept-Encoding accepts gzip,
+as the real APIs do (httpx and the SDKs send it and decode transparently);
+event streams and downloads are not.
     x-fake-response-bytes: N     (echo paths) answer N deterministic bytes,
                                  chunked, or with Content-Length when
                                  x-fake-response-framing: length
@@ -115,6 +120,7 @@ class Recorder:
     streams_completed: int = 0
     streams_cancelled: int = 0  # client (the proxy) went away before the stream ended
     streams_reset: int = 0  # deliberate x-fake-fault: reset-mid-stream
+    gzipped: int = 0  # answers sent with Content-Encoding: gzip
 
     def __repr__(self) -> str:
         with self._lock:
@@ -154,6 +160,7 @@ class Recorder:
             self.streams_completed = 0
             self.streams_cancelled = 0
             self.streams_reset = 0
+            self.gzipped = 0
 
     def bump(self, counter: str) -> None:
         with self._lock:
@@ -410,23 +417,63 @@ async def _paced(
 # --------------------------------------------------------------------------- the app
 
 
-class _GzipOnRequest:
-    """x-fake-gzip: 1 -> gzip a non-streaming answer (Content-Encoding: gzip),
-    as the real APIs do when the client accepts it."""
+def _accepts_gzip(value: bytes) -> bool:
+    """Whether an Accept-Encoding value accepts gzip (``q=0`` refuses it)."""
+    for part in value.decode("latin-1").lower().split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip() not in ("gzip", "x-gzip", "*"):
+            continue
+        q = params.strip()
+        if q.startswith("q="):
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
 
-    def __init__(self, app) -> None:
+
+class _GzipOnRequest:
+    """Compress answers with gzip (Content-Encoding: gzip), as the real APIs do.
+
+    * ``Accept-Encoding`` that accepts gzip: JSON answers (not event streams,
+      not downloads) are gzipped, as OpenAI and Anthropic do; httpx and the SDKs
+      decode them transparently.
+    * ``x-fake-gzip: 1``: gzip the answer whatever the request accepts.
+
+    Answers that already carry a Content-Encoding are left alone. The
+    recorder's ``gzipped`` counts the answers compressed.
+    """
+
+    def __init__(self, app, recorder: "Recorder | None" = None) -> None:
         self.app = app
+        self.recorder = recorder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not any(k == b"x-fake-gzip" for k, _ in scope["headers"]):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        forced = any(k == b"x-fake-gzip" for k, _ in scope["headers"])
+        accepted = any(k == b"accept-encoding" and _accepts_gzip(v) for k, v in scope["headers"])
+        if not forced and not accepted:
             await self.app(scope, receive, send)
             return
         start: dict = {}
         chunks: list[bytes] = []
+        passthrough = False
 
         async def wrapped(message) -> None:
-            nonlocal start
+            nonlocal start, passthrough
+            if passthrough:
+                await send(message)
+                return
             if message["type"] == "http.response.start":
+                headers = {k.lower(): v for k, v in message.get("headers", [])}
+                ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+                if b"content-encoding" in headers or not (forced or ctype == b"application/json"):
+                    passthrough = True
+                    await send(message)
+                    return
                 start = dict(message)
                 return
             if message["type"] == "http.response.body":
@@ -436,8 +483,12 @@ class _GzipOnRequest:
                 body = gzip.compress(b"".join(chunks), mtime=0)
                 headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
                 headers += [(b"content-encoding", b"gzip"), (b"content-length", str(len(body)).encode())]
+                if not forced:
+                    headers.append((b"vary", b"accept-encoding"))
                 await send({**start, "headers": headers})
                 await send({"type": "http.response.body", "body": body, "more_body": False})
+                if self.recorder is not None:
+                    self.recorder.bump("gzipped")
                 return
             await send(message)
 
@@ -462,7 +513,7 @@ class FakeUpstream:
                 ),
             ]
         )
-        self.app.add_middleware(_GzipOnRequest)
+        self.app.add_middleware(_GzipOnRequest, recorder=self.recorder)
 
     # -- common
 

@@ -5,9 +5,16 @@ configured (the ``redis`` package is an optional dependency).
 """
 
 from proxy.cache.backend import CacheBackend
-from proxy.cache.coalesce import Broadcast, InFlight, LeaderCancelled, Subscriber
-from proxy.cache.entry import CachedAnswer
+from proxy.cache.coalesce import (
+    Broadcast,
+    FollowerTooSlow,
+    InFlight,
+    LeaderCancelled,
+    Subscriber,
+)
+from proxy.cache.entry import MAX_ANSWER_BYTES, CachedAnswer
 from proxy.cache.keys import (
+    accepted_encodings,
     answer_headers,
     conversation_store_key,
     credential_fingerprint,
@@ -18,14 +25,17 @@ from proxy.cache.memory import MemoryCache
 from proxy.cache.sse import StreamRecorder, replay_sse
 
 __all__ = [
+    "MAX_ANSWER_BYTES",
     "Broadcast",
     "CacheBackend",
     "CachedAnswer",
+    "FollowerTooSlow",
     "InFlight",
     "LeaderCancelled",
     "MemoryCache",
     "StreamRecorder",
     "Subscriber",
+    "accepted_encodings",
     "answer_headers",
     "conversation_store_key",
     "credential_fingerprint",

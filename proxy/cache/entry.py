@@ -12,6 +12,13 @@ entry serves both forms: as is for JSON clients, through
 :func:`proxy.cache.sse.replay_sse` for streaming ones. ``from_bytes`` raises
 ``ValueError`` for anything it does not recognise (another version, garbage);
 callers treat that as a miss.
+
+Size limit: :data:`MAX_ANSWER_BYTES` (8 MiB). An answer is stored only when
+the bytes relayed for it (compressed or not, SSE or JSON) and its decoded JSON
+each stay within it; a larger answer is relayed to the client chunk by chunk
+and not stored, and the cache step stops reading (and decompressing) it as soon
+as the limit is passed. Coalesced followers share the same bound
+(:mod:`proxy.cache.coalesce`).
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ import json
 import time
 from dataclasses import dataclass
 
-__all__ = ["CachedAnswer", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "MAX_ANSWER_BYTES", "CachedAnswer"]
 
 FORMAT_VERSION = 1
+
+#: The largest answer the response cache keeps (and buffers on its way), in bytes.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -165,3 +168,167 @@ async def test_fan_out_leaves_interactive_requests_their_share_of_the_pool(fake_
     starts = sorted(r.received_at for r in upstream.recorder.requests if "fan-out" in r.body.decode())
     # Tasks arrive in waves of at most 8: the 9th starts only after the first finished.
     assert starts[8] - starts[0] >= 0.15
+
+
+# --------------------------------------------------------------------------- issue 11: hardening
+
+
+def test_compressed_answers_fill_every_answer_and_placeholder(parallel_url, upstream):
+    """Point 18: the fake upstream gzips its answers when asked (as real APIs
+    do); every task's answer is read and every placeholder filled."""
+    tag = time.monotonic_ns()
+    anthropic = {"id": "c", "upstream_path": "/v1/messages", "depends_on": ["a"],
+                 "request": {"model": "claude-test-model", "max_tokens": 32,
+                             "messages": [{"role": "user", "content": [{"type": "text", "text": "c got {{a}}"}]}]}}
+    r = _run(parallel_url, [_task("a", f"zipped {tag}"), _task("b", "b got {{a}}", depends_on=["a"]), anthropic,
+                            _task("d", "d got {{b}} and {{c}}", depends_on=["b", "c"])])
+    assert r.status_code == 200
+    results = {t["id"]: t for t in r.json()["tasks"]}
+    assert {t["status"] for t in results.values()} == {"ok"}
+    texts = {"a": results["a"]["answer"]["choices"][0]["message"]["content"],
+             "b": results["b"]["answer"]["choices"][0]["message"]["content"],
+             "c": results["c"]["answer"]["content"][0]["text"],
+             "d": results["d"]["answer"]["choices"][0]["message"]["content"]}
+    assert all(texts.values()), texts
+    sent = {rec.json()["messages"][0]["content"] if isinstance(rec.json()["messages"][0]["content"], str)
+            else rec.json()["messages"][0]["content"][0]["text"]: rec for rec in upstream.recorder.requests}
+    assert f"b got {texts['a']}" in sent and f"c got {texts['a']}" in sent
+    assert f"d got {texts['b']} and {texts['c']}" in sent
+    # the answers really were compressed on the way
+    assert all("gzip" in rec.header("accept-encoding", "") for rec in sent.values())
+    assert upstream.recorder.gzipped >= 4
+
+
+def test_cached_compressed_answer_still_fills_placeholders(parallel_url, upstream):
+    tag = time.monotonic_ns()
+    first = _task("a", f"cache me {tag}")
+    first["request"]["temperature"] = 0
+    graph = [first, _task("b", "then {{a}}", depends_on=["a"])]
+    runs = [_run(parallel_url, graph).json()["tasks"] for _ in range(2)]
+    assert runs[1][0]["cache"] == "hit"
+    for a, b in runs:
+        assert a["status"] == b["status"] == "ok"
+        assert a["answer"]["choices"][0]["message"]["content"]
+    sent_b = [rec.json()["messages"][0]["content"] for rec in upstream.recorder.requests
+              if rec.json()["messages"][0]["content"].startswith("then ")]
+    answer = runs[0][0]["answer"]["choices"][0]["message"]["content"]
+    assert sent_b and all(s == f"then {answer}" for s in sent_b)
+
+
+SMALL_LIMIT = 65536
+
+
+@pytest.fixture(scope="module")
+def small_parallel_url(fake_upstream_server):
+    xml = f"""<performance_optimization>
+  <parallel_execution><max_workers>4</max_workers><task_timeout>30</task_timeout>
+    <resource_limit>0.8</resource_limit></parallel_execution>
+  <server max_body_bytes="{SMALL_LIMIT}"/>
+  <upstreams><upstream name="openai" dialect="openai" base_url="{fake_upstream_server.url}"/></upstreams>
+</performance_optimization>"""
+    with serve_proxy(xml) as url:
+        yield url
+
+
+def test_placeholder_bomb_is_refused_before_it_is_sent(small_parallel_url, upstream):
+    """Point 3: a 10 KB run whose placeholders would expand past max_body_bytes:
+    the task fails with 413, its dependants are skipped, nothing goes upstream."""
+    bomb = "{{seed}}" * 1200  # ~10 KB; the answer is ~66 bytes: ~80 KB filled
+    r = _run(small_parallel_url, [_task("seed", "s" * 200), _task("bomb", bomb, depends_on=["seed"]),
+                                  _task("after", "{{bomb}}", depends_on=["bomb"]),
+                                  _task("small", "fine {{seed}}", depends_on=["seed"])])
+    assert r.status_code == 200
+    by_id = {t["id"]: t for t in r.json()["tasks"]}
+    assert by_id["bomb"]["status"] == "error" and by_id["bomb"]["http_status"] == 413
+    assert "max_body_bytes" in by_id["bomb"]["error"] and str(SMALL_LIMIT) in by_id["bomb"]["error"]
+    assert by_id["after"]["status"] == "skipped" and by_id["after"]["blocked_by"] == "bomb"
+    assert by_id["seed"]["status"] == by_id["small"]["status"] == "ok"
+    sent = [rec.json()["messages"][0]["content"] for rec in upstream.recorder.requests]
+    assert len(sent) == 2 and not any("{{" in s or len(s) > 1000 for s in sent)
+    assert max(len(rec.body) for rec in upstream.recorder.requests) <= SMALL_LIMIT
+
+
+class HeldUpstream:
+    """An OpenAI-shaped upstream whose answers wait until the test releases them."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.received = 0
+        self._lock = threading.Lock()
+
+    async def chat(self, request):
+        await request.body()
+        with self._lock:
+            self.received += 1
+        await asyncio.to_thread(self.release.wait, 30)
+        return JSONResponse({"id": "x", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "released"}, "finish_reason": "stop"}]})
+
+    def wait_received(self, n: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while self.received < n:
+            assert time.monotonic() < deadline, f"only {self.received} of {n} calls arrived"
+            time.sleep(0.01)
+
+
+def test_runs_per_tenant_are_capped_with_a_429(monkeypatch):
+    """Point 3: one credential may have MAX_RUNS_PER_TENANT runs at once; one
+    more is a 429 in the OpenAI shape with Retry-After, and sends nothing."""
+    from proxy.fanout import MAX_RUNS_PER_TENANT, RETRY_AFTER_SECONDS
+
+    held = HeldUpstream()
+    app = Starlette(routes=[Route("/v1/chat/completions", held.chat, methods=["POST"])])
+    with serve_app(app) as upstream_url:
+        xml = f"""<performance_optimization>
+  <upstreams><upstream name="openai" dialect="openai" base_url="{upstream_url}"/></upstreams>
+</performance_optimization>"""
+        with serve_proxy(xml) as url, ThreadPoolExecutor(MAX_RUNS_PER_TENANT + 1) as pool:
+            def run(key: str, n: int = 1) -> httpx.Response:
+                return httpx.post(url + "/_ctxwarden/parallel", timeout=30, headers={"authorization": f"Bearer {key}"},
+                                  json={"tasks": [_task(f"t{i}", "x") for i in range(n)]})
+
+            try:
+                running = [pool.submit(run, "sk-busy") for _ in range(MAX_RUNS_PER_TENANT)]
+                held.wait_received(MAX_RUNS_PER_TENANT)
+                refused = run("sk-busy", 3)
+                assert refused.status_code == 429
+                assert refused.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+                error = refused.json()["error"]
+                assert error["type"] == "requests" and "at most" in error["message"]
+                assert held.received == MAX_RUNS_PER_TENANT  # nothing of the refused run was sent
+                other = pool.submit(run, "sk-other")  # another tenant is not held back
+                held.wait_received(MAX_RUNS_PER_TENANT + 1)
+            finally:
+                held.release.set()
+            assert all(f.result().status_code == 200 for f in running + [other])
+            assert run("sk-busy").status_code == 200  # the slots came back
+
+
+def test_client_leaving_cancels_the_run(fake_upstream_server, upstream):
+    """Point 11: a 200-task run whose client goes away early does not make 200 calls."""
+    xml = f"""<performance_optimization>
+  <parallel_execution><max_workers>4</max_workers><task_timeout>30</task_timeout>
+    <resource_limit>0.8</resource_limit></parallel_execution>
+  <upstreams><upstream name="openai" dialect="openai" base_url="{fake_upstream_server.url}"/></upstreams>
+</performance_optimization>"""
+    from proxy.app import create_app
+    from proxy.config import parse_config
+    from proxy.fanout import tenant_limits
+
+    app = create_app(parse_config(xml))
+    body = json.dumps({"tasks": [_task(f"t{i}", f"leaving {i}") for i in range(200)]}).encode()
+    with serve_app(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /_ctxwarden/parallel HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                         b"content-type: application/json\r\nx-fake-delay: 0.2\r\n"
+                         b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            assert upstream.recorder.wait_for(lambda rec: len(rec) >= 4, timeout=10)
+        # the client is gone: the run must wind down, its upstream slots come back
+        proxy = app.state.proxy
+        deadline = time.monotonic() + 10
+        while proxy.gate.fanout_in_use or len(tenant_limits(proxy.gate)):
+            assert time.monotonic() < deadline, "the run kept going after its client left"
+            time.sleep(0.02)
+        calls = len(upstream.recorder)
+    assert calls < 50, f"{calls} of 200 tasks were sent after the client left"

@@ -6,7 +6,13 @@ import asyncio
 
 import pytest
 
-from proxy.cache.coalesce import Broadcast, InFlight, LeaderCancelled, Subscriber
+from proxy.cache.coalesce import (
+    Broadcast,
+    FollowerTooSlow,
+    InFlight,
+    LeaderCancelled,
+    Subscriber,
+)
 
 HEADERS = [(b"content-type", b"text/event-stream")]
 CHUNKS = [b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n"]
@@ -216,3 +222,70 @@ async def test_misuse_is_refused() -> None:
         leader.publish(b"late")
     leader.fail(ValueError("ignored after finish"))
     assert leader.error is None
+
+
+# --------------------------------------------------------------------------- bounded memory (issue 11, point 14)
+
+
+async def test_an_overflowing_broadcast_keeps_only_what_followers_have_not_read() -> None:
+    inflight = InFlight(max_buffer=100)
+    leader = inflight.join("k")
+    follower = inflight.join("k")
+    assert isinstance(leader, Broadcast) and isinstance(follower, Subscriber)
+    received: list[bytes] = []
+
+    async def consume() -> None:
+        async for chunk in follower:
+            received.append(chunk)
+
+    task = asyncio.create_task(consume())
+    leader.start(200, HEADERS)
+    for i in range(50):  # 1,000 bytes through a 100-byte buffer
+        leader.publish(bytes([65 + i % 26]) * 20)
+        assert leader.held <= 100 + 20
+        await asyncio.sleep(0)
+        if i == 10:
+            assert leader.overflowed and "k" not in inflight
+            assert isinstance(inflight.join("k"), Broadcast), "no newcomer joins an overflowed answer"
+    leader.finish()
+    await asyncio.wait_for(task, 2)
+    assert b"".join(received) == b"".join(bytes([65 + i % 26]) * 20 for i in range(50))
+    assert leader.size == 1000 and leader.chunks == [] and leader.held == 0
+
+
+async def test_a_follower_too_far_behind_an_overflowing_leader_is_dropped() -> None:
+    inflight = InFlight(max_buffer=100)
+    leader = inflight.join("k")
+    slow = inflight.join("k")
+    leader.start(200, HEADERS)
+    leader.publish(b"a" * 60)
+    chunks = aiter(slow)
+    assert await anext(chunks) == b"a" * 60  # read one chunk, then stop reading
+    for _ in range(10):
+        leader.publish(b"b" * 60)
+        assert leader.held <= 100 + 60  # never the whole answer
+    with pytest.raises(FollowerTooSlow):
+        await anext(chunks)
+    leader.finish()
+    assert leader.chunks == [] and leader.held == 0
+
+
+async def test_below_the_limit_everything_is_kept_for_late_followers() -> None:
+    inflight = InFlight(max_buffer=1000)
+    leader = inflight.join("k")
+    leader.start(200, HEADERS)
+    for _ in range(9):
+        leader.publish(b"x" * 100)
+    late = inflight.join("k")
+    assert isinstance(late, Subscriber) and not leader.overflowed
+    leader.finish()
+    assert await late.body() == b"x" * 900
+    assert leader.chunks == []  # read by its only follower, then dropped
+
+
+async def test_a_finished_broadcast_without_followers_holds_nothing() -> None:
+    leader = InFlight().join("k")
+    leader.start(200, HEADERS)
+    leader.publish(b"answer")
+    leader.finish()
+    assert leader.chunks == [] and leader.held == 0

@@ -9,11 +9,14 @@ import pytest
 
 from proxy.cache.keys import (
     ANONYMOUS,
+    accepted_encodings,
     answer_headers,
     canonical_body,
     conversation_store_key,
     credential_fingerprint,
     is_cacheable_request,
+    is_credential_header,
+    is_credential_query_name,
     response_cache_key,
 )
 
@@ -210,3 +213,88 @@ def test_conversation_store_key_is_per_tenant() -> None:
     assert k.startswith("conv:") and k == conversation_store_key("abc", "c1")
     assert k != conversation_store_key("abc", "c2")
     assert k != conversation_store_key("abd", "c1")
+
+
+# --------------------------------------------------------------------------- hardening (issue 11, point 8)
+
+
+def _v1_fingerprint(pairs: list[tuple[bytes, bytes]]) -> str:
+    """The fingerprint as the first version computed it (five headers)."""
+    parts = [b"ctxwarden-credential/v1\x00"]
+    for name, value in sorted(pairs):
+        parts.append(len(name).to_bytes(4, "big") + name + len(value).to_bytes(4, "big") + value)
+    return hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+@pytest.mark.parametrize("header", [
+    "x-goog-api-key", "api-key", "cookie", "openai-organization", "openai-project", "proxy-authorization",
+    "ocp-apim-subscription-key", "x-amz-security-token", "cf-aig-authorization", "x-auth-token",
+    "x-portkey-api-key", "x-client-secret", "x-session-cookie", "x-password", "x-signature",
+])
+def test_every_header_that_can_carry_a_credential_separates_tenants(header: str) -> None:
+    assert is_credential_header(header) and is_credential_header(header.upper().encode())
+    base = ("authorization", "Bearer sk-shared")
+    a, b = fp(base, (header, "value-a")), fp(base, (header, "value-b"))
+    assert a != b and a != fp(base)
+    # the conversation-state store is separated by the same fingerprint
+    assert conversation_store_key("conv", a) != conversation_store_key("conv", b)
+    assert key(credential=a) != key(credential=b)
+
+
+@pytest.mark.parametrize("header", [
+    "user-agent", "content-type", "accept", "accept-encoding", "x-stainless-lang", "anthropic-version",
+    "x-request-id", "idempotency-key", "Idempotency-Key", "cache-control",
+])
+def test_headers_that_carry_no_credential_are_not_fingerprinted(header: str) -> None:
+    assert not is_credential_header(header)
+    base = ("authorization", "Bearer sk-a")
+    assert fp(base, (header, "one")) == fp(base, (header, "two")) == fp(base)
+
+
+def test_fingerprint_of_the_first_five_headers_is_unchanged() -> None:
+    pairs = [(b"authorization", b"Bearer sk-a"), (b"openai-organization", b"org-1"), (b"x-api-key", b"k"),
+             (b"api-key", b"az"), (b"openai-project", b"p")]
+    assert credential_fingerprint(pairs) == _v1_fingerprint(pairs)
+    assert credential_fingerprint(pairs[:1]) == _v1_fingerprint(pairs[:1])
+
+
+def test_credential_query_parameters_are_in_the_fingerprint() -> None:
+    headers = [(b"authorization", b"Bearer sk-a")]
+    plain = credential_fingerprint(headers)
+    assert credential_fingerprint(headers, query=b"") == credential_fingerprint(headers, query=None) == plain
+    gemini_a = credential_fingerprint(headers, query=b"key=AIza-a&alt=json")
+    gemini_b = credential_fingerprint(headers, query=b"key=AIza-b&alt=json")
+    assert len({plain, gemini_a, gemini_b}) == 3
+    assert credential_fingerprint(headers, query="key=AIza-a&alt=json") == gemini_a  # text or bytes
+    for name in ("api_key", "api%5Fkey", "access_token", "sig", "code", "X-Goog-Api-Key", "client_secret"):
+        assert is_credential_query_name(name)
+        assert credential_fingerprint(headers, query=f"{name}=s1".encode()) != \
+            credential_fingerprint(headers, query=f"{name}=s2".encode()), name
+    # parameters that are no credential leave the tenant alone (they are in the response key)
+    assert credential_fingerprint(headers, query=b"api-version=2024-06-01&alt=sse") == plain
+    assert not is_credential_query_name("api-version")
+    # a parameter never collides with a header of the same name
+    assert credential_fingerprint([(b"key", b"v")]) != credential_fingerprint([], query=b"key=v")
+    # the anonymous caller with a key in the query is not anonymous
+    assert credential_fingerprint([], query=b"key=x") != ANONYMOUS
+
+
+def test_query_string_is_in_the_response_key() -> None:
+    assert key(query=b"") == key(query=None) == key()
+    assert key(query=b"a=1") != key()
+    assert key(query=b"a=1") == key(query="a=1")
+    assert key(query=b"a=1&b=2") != key(query=b"b=2&a=1")  # as sent: an upstream may read order
+    assert key(query=b"key=x") != key(query=b"key=y")
+
+
+def test_accepted_encodings_normalise() -> None:
+    def enc(*values: bytes) -> str:
+        return accepted_encodings([(b"Accept-Encoding", v) for v in values])
+
+    assert accepted_encodings([]) == "-"
+    assert enc(b"") == ""
+    assert enc(b"gzip, deflate") == enc(b"Deflate,GZIP;q=1.0") == enc(b"deflate", b"gzip") == "deflate;q=1,gzip;q=1"
+    assert enc(b"identity") != enc(b"gzip") != accepted_encodings([])
+    assert enc(b"gzip;q=0.5, br") != enc(b"gzip, br;q=0.5")
+    assert enc(b"gzip;q=0") != enc(b"gzip")
+    assert enc(b"gzip;level=9;q=0.50") == "gzip;q=0.5"

@@ -4,6 +4,7 @@ import respx
 
 from proxy.config import ConfigError, ServerSettings, Timeouts, Upstream
 from proxy.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.routing import Routes, Target
 from proxy.upstream import UpstreamClient, relay, request_headers, response_headers
 
 OPENAI = Upstream("openai", "openai", "https://api.example.test", timeouts=Timeouts(read=1))
@@ -38,7 +39,7 @@ def test_response_headers_drop_length_and_hop_by_hop():
 def test_missing_key_variable_is_a_config_error(monkeypatch):
     monkeypatch.delenv("TEST_ANTHROPIC_KEY", raising=False)
     with pytest.raises(ConfigError) as caught:
-        UpstreamClient(ServerSettings(), (ANTHROPIC,))
+        Routes.resolve((ANTHROPIC,))
     assert "TEST_ANTHROPIC_KEY" in str(caught.value)
 
 
@@ -46,8 +47,10 @@ def test_missing_key_variable_is_a_config_error(monkeypatch):
 async def test_send_builds_url_with_query_and_injects_key(monkeypatch):
     monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-ant-server")
     route = respx.post("https://anthropic.example.test/v1/messages?beta=true").respond(200, json={"ok": 1})
-    client = UpstreamClient(ServerSettings(), (ANTHROPIC,))
-    response = await client.send(ANTHROPIC, "POST", "/v1/messages", b"beta=true",
+    client = UpstreamClient(ServerSettings())
+    target = Routes.resolve((ANTHROPIC,)).route("anthropic", None)
+    assert target == Target(ANTHROPIC, "sk-ant-server")
+    response = await client.send(target, "POST", "/v1/messages", b"beta=true",
                                  [(b"x-api-key", b"client"), (b"anthropic-beta", b"b1")], b"{}")
     await response.aread()
     sent = route.calls.last.request
@@ -59,13 +62,14 @@ async def test_send_builds_url_with_query_and_injects_key(monkeypatch):
 
 @respx.mock
 async def test_connect_error_is_502_and_timeout_is_504():
-    client = UpstreamClient(ServerSettings(), (OPENAI,))
+    client = UpstreamClient(ServerSettings())
+    target = Target(OPENAI, None)
     respx.get("https://api.example.test/v1/models").mock(side_effect=httpx.ConnectError("refused"))
     with pytest.raises(UpstreamUnavailable):
-        await client.send(OPENAI, "GET", "/v1/models", b"", [], None)
+        await client.send(target, "GET", "/v1/models", b"", [], None)
     respx.get("https://api.example.test/v1/files").mock(side_effect=httpx.ReadTimeout("slow"))
     with pytest.raises(UpstreamTimeout):
-        await client.send(OPENAI, "GET", "/v1/files", b"", [], None)
+        await client.send(target, "GET", "/v1/files", b"", [], None)
     await client.aclose()
 
 
