@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import functools
 import hmac
-import json
 import logging
 import os
 
@@ -27,6 +26,7 @@ from .gate import UpstreamGate
 from .gateway import Gateway, read_body
 from .logs import configure_logging
 from .parallel import parse_task_graph, summarize
+from .wirejson import parse_json
 from .reload import ConfigReloader
 from .routing import dialect_of
 from .telemetry import Telemetry
@@ -201,7 +201,7 @@ def create_app(config: Config, config_path: str | None = None, last_good_path: s
         server = gateway.config.server
         raw = await read_body(request, server.max_body_bytes, server.body_timeout)
         try:
-            graph = parse_task_graph(json.loads(raw), gateway.config.parallel_execution.max_tasks)
+            graph = parse_task_graph(parse_json(raw), gateway.config.parallel_execution.max_tasks)
         except ValueError as exc:
             raise BadRequest(getattr(exc, "message", f"request body is not valid JSON: {exc}")) from exc
         results = await run_parallel(gateway, proxy.gate, graph, request.headers.raw,
