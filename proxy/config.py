@@ -56,6 +56,8 @@ class TokenManagement:
     pruning_distance: int = 3
     tier_shares: tuple[int, int, int, int] = (20, 40, 30, 10)
     critical_overflow: str = "fit"
+    # the most a compaction leaves of the room above the pinned head
+    low_water: float = 0.35
     rewrite_mode: str = "enforce"
     rollout_percent: int = 100
     default_encoding: str = DEFAULT_ENCODING
@@ -361,6 +363,7 @@ def _build_token_management(node, source: str, issues: list[ConfigIssue]) -> Tok
         pruning_distance=int(_text(node, "pruning_distance") or d.pruning_distance),
         tier_shares=shares,  # type: ignore[arg-type]
         critical_overflow=_text(node, "critical_overflow") or d.critical_overflow,
+        low_water=float(_text(node, "low_water") or d.low_water),
         rewrite_mode=d.rewrite_mode if rewrite is None else rewrite.get("mode", d.rewrite_mode),
         rollout_percent=d.rollout_percent if rewrite is None else int(rewrite.get("rollout", d.rollout_percent)),
         default_encoding=default_encoding,

@@ -274,3 +274,18 @@ def test_removed_checkpoint_element_is_refused_saying_what_replaced_it():
     assert issue.startswith("bad.xml:4: <checkpoint> was removed") and "<pricing>" in issue and "markers" in issue
     assert not hasattr(TokenManagement(), "checkpoint_every")
     assert not hasattr(TokenManagement(), "anthropic_cache_control")
+
+
+def test_low_water_is_configurable_and_bounded():
+    from proxy.config import parse_config as parse
+
+    xml = "<performance_optimization><token_management>{}</token_management></performance_optimization>"
+    assert parse(xml.format("")).token_management.low_water == 0.35
+    assert parse(xml.format("<low_water>0.5</low_water>")).token_management.low_water == 0.5
+    for bad in ("0", "1", "1.5", "-0.1"):
+        with pytest.raises(ConfigError):
+            parse(xml.format(f"<low_water>{bad}</low_water>"))
+    from proxy.chat import rewrite_plan
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert rewrite_plan(TokenManagement(low_water=0.5), body).low_water == 0.5
