@@ -12,7 +12,8 @@ cache), and recalled from.
 """
 from __future__ import annotations
 
-from .conversation import ConversationState, TurnOutcome, conversation_keys, explain_turn, rewrite_turn
+from .conversation import ConversationState, TurnOutcome, conversation_keys, rewrite_turn
+from .explain import explain_turn
 from .plan import RewritePlan
 
 __all__ = ["RewritePlan", "ConversationState", "TurnOutcome", "conversation_keys", "rewrite_turn",

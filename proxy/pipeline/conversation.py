@@ -429,7 +429,7 @@ def _compact(run: _Run, state: ConversationState, prior_original: int, counts: l
                       if any(run.user_wrote(items[p]) for p in units[u])), None)
     pinned_units = [user_unit] if user_unit is not None and user_unit < keep else []
     middle = [p for u in range(keep) if u not in pinned_units for p in units[u]]
-    middle_messages = [run.parsed(items[p]) for p in middle if not _is_recall(items[p])]
+    middle_messages = [run.parsed(items[p]) for p in middle if not is_recall(items[p])]
     if any(m.unknown for m in middle_messages):
         return state, "a message to compact has a shape ctxwarden does not know"
     kept_positions = [p for u in pinned_units + list(range(keep, len(units))) for p in units[u]]
@@ -469,7 +469,7 @@ def _shorten_long_replies(run: _Run, items: list, tokens: list, room: int) -> tu
     return items, tokens
 
 
-def _is_recall(item: Item) -> bool:
+def is_recall(item: Item) -> bool:
     return isinstance(item, dict) and str(item.get("content", "")).startswith(f"{MARKER_PREFIX} recalled]")
 
 
@@ -551,7 +551,7 @@ def _render(run: _Run, state: ConversationState) -> tuple[dict, int]:
 
     head = _with_note(run, state)
     tail = [run.wire(x) for x in state.items]
-    tail = run.mod.join_turns(tail, {p for p, x in enumerate(state.items) if _is_recall(x)})
+    tail = run.mod.join_turns(tail, {p for p, x in enumerate(state.items) if is_recall(x)})
     messages = head + tail
     stable = len(head) if state.note else 0
     if len(messages) == len(run.messages) and all(a is b for a, b in zip(messages, run.messages)):
@@ -559,47 +559,3 @@ def _render(run: _Run, state: ConversationState) -> tuple[dict, int]:
     body = run.body if messages is run.messages else {
         k: (messages if k == "messages" else v) for k, v in run.body.items()}
     return add_cache_hints(body, run.dialect, run.plan.pricing, stable, run.conversation), stable
-
-
-# ------------------------------------------------------------------ explain
-
-def explain_turn(body: dict, dialect: str, plan: RewritePlan) -> dict:
-    """What the rewrite does to ``body`` (as a conversation seen for the first
-    time) and why, message by message, as JSON-serialisable data."""
-    outcome = rewrite_turn(body, dialect, plan)
-    state = outcome.state
-    messages = body["messages"]
-    verbatim = set(range(state.head)) | {x for x in state.items if isinstance(x, int)} if state else set()
-    cut = {x[0] for x in state.items if isinstance(x, list)} if state else set()
-    rows = []
-    for i, wire in enumerate(messages):
-        role = wire.get("role", "") if isinstance(wire, dict) else ""
-        if state is None or state.note is None:
-            action, why = "kept", "nothing had to be compacted"
-        elif i < state.head:
-            action, why = "kept", "pinned: system prompt or the task statement"
-        elif i in cut:
-            action, why = "cut", "a long output cut to its head, tail and focus lines to fit the budget"
-        elif i in verbatim:
-            action, why = "kept", "a recent turn, or the latest message the user wrote"
-        elif i < state.covered:
-            action, why = "compacted", "older than the low-water mark: a step in the note"
-        else:
-            action, why = "kept", "new this turn"
-        rows.append({"index": i, "role": role, "action": action, "reason": why})
-    return {
-        "request": outcome.body,
-        "decision": outcome.decision,
-        "reason": outcome.reason,
-        "warning": outcome.warning,
-        "changed": outcome.changed,
-        "tokens_before": outcome.tokens_before,
-        "tokens_after": outcome.tokens_after,
-        "cost_sent": round(outcome.cost_sent, 1),
-        "cost_passthrough": round(outcome.cost_passthrough, 1),
-        "pricing": {"cache": plan.pricing.cache, "read": plan.pricing.read, "write": plan.pricing.write},
-        "note": state.note if state else None,
-        "recalled": [x["content"] for x in state.items if _is_recall(x)] if state else [],
-        "cut_outputs": sorted(cut),
-        "messages": rows,
-    }
