@@ -240,7 +240,9 @@ def render_note(entries: Sequence[NoteEntry], budget_tokens: int, compacted_mess
     shown: set[str] = set()
     picked: dict[int, set[int]] = {}
     for i in range(len(entries) - 1, -1, -1):
-        core = [k for k, (kind, _) in enumerate(entries[i].lines) if kind in CORE]
+        # a call already shown (the same command run again) is not repeated
+        core = [k for k, (kind, text) in enumerate(entries[i].lines)
+                if kind in CORE and text.strip() not in shown]
         cost = sum(count_text(entries[i].lines[k][1], encoding) + 1 for k in core) + count_text(entries[i].head,
                                                                                                 encoding) + 1
         if cost > left:
