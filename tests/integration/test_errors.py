@@ -4,14 +4,13 @@ shape, nothing sent upstream when the proxy refuses, and the proxy keeps serving
 from __future__ import annotations
 
 import json
-import time
 
 import anthropic
 import httpx
 import openai
 import pytest
 
-from tests.conftest import SLOW_READ_TIMEOUT, SMALL_BODY_LIMIT
+from tests.conftest import SMALL_BODY_LIMIT
 from tests.fake_upstream import error_body, expected_reply
 
 from ._helpers import (
@@ -193,12 +192,10 @@ def test_connection_refused_sdk(refused_proxy_url):
 
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
 def test_upstream_timeout_is_504(slow_proxy_url, upstream, dialect):
+    # the upstream would answer 200 after 3 s: a 504 means the proxy's read timeout fired first
     with httpx.Client(base_url=slow_proxy_url, timeout=10) as client:
-        start = time.monotonic()
         r = client.post(CHAT[dialect], json=_body(dialect), headers={**HEADERS[dialect], "x-fake-delay": "3"})
-        elapsed = time.monotonic() - start
     _assert_error(dialect, r, 504)
-    assert elapsed < 2.5, f"504 took {elapsed:.2f}s with read_timeout={SLOW_READ_TIMEOUT}"
 
 
 def test_timeout_mid_stream_ends_with_error_event(slow_proxy_url, upstream):

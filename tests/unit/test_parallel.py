@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import pytest
@@ -278,13 +277,10 @@ def test_task_answer_from_http() -> None:
 async def test_independent_tasks_run_in_parallel_capped_by_max_workers() -> None:
     g = graph(*(task(f"t{i}") for i in range(12)))
     rec = Recorder(default=0.03)
-    t = time.perf_counter()
     results = await run_task_graph(g, rec, max_workers=4, task_timeout=5)
-    wall = time.perf_counter() - t
-    assert rec.max_in_flight == 4
+    assert rec.max_in_flight == 4  # parallel, and capped
     assert [r.id for r in results] == g.ids
     assert all(r.status == "ok" and r.http_status == 200 for r in results)
-    assert 0.085 < wall < 0.6  # 3 waves of 30 ms (upper bound loose for busy CI machines)
     # ready tasks start in input order
     assert [tid for kind, tid in rec.events if kind == "start"] == g.ids
 
@@ -367,18 +363,15 @@ async def test_failure_skips_dependants_and_independent_ones_finish() -> None:
 async def test_timeout_cancels_call_and_skips_dependants() -> None:
     g = graph(task("slow"), task("after", deps=["slow"]), task("quick"))
     rec = Recorder(delays={"slow": 10.0, "quick": 0.01})
-    t = time.perf_counter()
     results = await run_task_graph(g, rec, max_workers=4, task_timeout=0.1)
-    wall = time.perf_counter() - t
     by = {r.id: r for r in results}
     assert by["slow"].status == "timeout"
     assert by["slow"].error == "timed out after 0.1 s (task_timeout)"
-    assert 95 <= by["slow"].duration_ms < 600
+    assert by["slow"].duration_ms >= 95  # not before its timeout
     assert rec.cancelled == ["slow"]  # the call itself was cancelled
     assert by["after"].status == "skipped" and by["after"].blocked_by == "slow"
     assert "status timeout" in by["after"].error
     assert by["quick"].status == "ok"
-    assert wall < 1.0
 
 
 async def test_timeout_error_raised_by_run_one_is_an_error_not_a_timeout() -> None:
@@ -476,18 +469,16 @@ async def test_cancelling_the_run_cancels_running_calls() -> None:
     assert len(rec.bodies) == 3  # nothing started after the cancel
 
 
-async def test_executor_overhead_is_small() -> None:
+async def test_a_run_of_thousands_of_tasks_completes() -> None:
+    # the executor's per-task cost is measured by bench/parallel.py, not here
     n = 3000
     g = graph(*(task(f"t{i}") for i in range(n)), max_tasks=n)
 
     async def zero(task: Task, body: dict) -> TaskAnswer:
         return TaskAnswer(200, None)
 
-    t = time.perf_counter()
     results = await run_task_graph(g, zero, max_workers=64, task_timeout=300)
-    per_task = (time.perf_counter() - t) / n
-    assert all(r.ok for r in results)
-    assert per_task < 0.001, f"{per_task * 1e6:.0f} us per task"
+    assert len(results) == n and all(r.ok for r in results)
 
 
 async def test_with_gate_fanout_share_bounds_concurrency_across_runs() -> None:
