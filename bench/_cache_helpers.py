@@ -76,9 +76,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     if args.what == "fake":
         app = RecordingFake()
     else:
-        from proxy.app import create_app
-        from proxy.config import load_config
-        from proxy.logs import configure_logging
+        from ctxwarden.app import create_app
+        from ctxwarden.config import load_config
+        from ctxwarden.logs import configure_logging
 
         cfg = load_config(args.config)
         # as `ctxwarden serve` does: one JSON line per request on stderr (the
@@ -101,10 +101,10 @@ def serialise(message) -> str:
 
 
 class Tokens:
-    """Token counts of serialised messages (proxy.tokens.count_text, memoised)."""
+    """Token counts of serialised messages (ctxwarden.tokens.count_text, memoised)."""
 
     def __init__(self) -> None:
-        from proxy.tokens import count_text
+        from ctxwarden.tokens import count_text
 
         self._count = count_text
 
@@ -190,7 +190,7 @@ def naive_window(messages: list, budget: int) -> list:
     bench/economy.py compares against (system + task, then the most recent
     whole turns that fit)."""
     from bench.economy import recent_window
-    from proxy.tokens import DEFAULT_ENCODING, count_message_tokens
+    from ctxwarden.tokens import DEFAULT_ENCODING, count_message_tokens
 
     tokens = [count_message_tokens(m, "openai", DEFAULT_ENCODING) for m in messages]
     return [messages[k] for k in recent_window(messages, tokens, budget)]

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.pricing import Block, request_blocks
-from proxy.tokens import DEFAULT_ENCODING, count_message_tokens, fixed_request_tokens
+from ctxwarden.pricing import Block, request_blocks
+from ctxwarden.tokens import DEFAULT_ENCODING, count_message_tokens, fixed_request_tokens
 
 ENCODING = DEFAULT_ENCODING
 MIN_LINE = 20            # a retained fact must sit inside a whole original line at least this long

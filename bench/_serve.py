@@ -32,8 +32,8 @@ def main() -> int:
 
         app = create_fake()
     else:
-        from proxy.app import create_app
-        from proxy.config import load_config
+        from ctxwarden.app import create_app
+        from ctxwarden.config import load_config
 
         app = create_app(load_config(args.config))
     logging.getLogger("ctxwarden").setLevel(logging.WARNING)

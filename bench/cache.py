@@ -48,7 +48,7 @@ Sections, each printed as a table:
    serialised as compact JSON (what the proxy sends), one by one; the prefix
    is the run of identical leading messages plus the common leading bytes of
    the first message that differs ("whole msgs" counts only the identical
-   messages). Tokens: proxy.tokens.count_text (cl100k_base) of each
+   messages). Tokens: ctxwarden.tokens.count_text (cl100k_base) of each
    serialised message. Compared, on the same turns:
    - raw: the original requests (pass-through; only the new suffix differs),
    - naive window: system messages + the latest user message + the most

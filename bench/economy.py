@@ -18,7 +18,7 @@ TURN_SECONDS):
                anew every turn
   half         append until the budget would be exceeded, then cut once to half
                the budget (system + task + newest whole turns), append again
-  ctxwarden    proxy.pipeline.conversation.rewrite_turn, in process, with a
+  ctxwarden    ctxwarden.pipeline.conversation.rewrite_turn, in process, with a
                per-conversation state store; its own cache_control marks are the
                breakpoints
 
@@ -58,9 +58,9 @@ from bench._economy_metrics import (  # noqa: E402
     ENCODING, RequestMeter, planted_fact, plant, prefix_share, question, retained, strip_marks, turn_facts,
     with_last_breakpoint,
 )
-from proxy.pipeline.conversation import conversation_keys, rewrite_turn  # noqa: E402
-from proxy.pipeline.plan import RewritePlan  # noqa: E402
-from proxy.pricing import PromptCache, default_pricing  # noqa: E402
+from ctxwarden.pipeline.conversation import conversation_keys, rewrite_turn  # noqa: E402
+from ctxwarden.pipeline.plan import RewritePlan  # noqa: E402
+from ctxwarden.pricing import PromptCache, default_pricing  # noqa: E402
 from tests.strict_wire import chat_problems  # noqa: E402
 
 DEFAULT_CORPUS = REPO / ".." / "shared" / "corpus" / "visible.jsonl"

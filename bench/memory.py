@@ -25,13 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from proxy.cache import MemoryCache  # noqa: E402
-from proxy.caching import ResponseCache  # noqa: E402
-from proxy.chat import parse_chat_body, prepare_chat  # noqa: E402
-from proxy.config import CacheSettings, TokenManagement  # noqa: E402
-from proxy.heap import fix_mmap_threshold  # noqa: E402
-from proxy.pipeline import conversation_keys  # noqa: E402
-from proxy.pricing import default_pricing  # noqa: E402
+from ctxwarden.cache import MemoryCache  # noqa: E402
+from ctxwarden.caching import ResponseCache  # noqa: E402
+from ctxwarden.chat import parse_chat_body, prepare_chat  # noqa: E402
+from ctxwarden.config import CacheSettings, TokenManagement  # noqa: E402
+from ctxwarden.heap import fix_mmap_threshold  # noqa: E402
+from ctxwarden.pipeline import conversation_keys  # noqa: E402
+from ctxwarden.pricing import default_pricing  # noqa: E402
 
 
 def rss_mib() -> float:

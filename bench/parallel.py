@@ -46,8 +46,8 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
-from proxy.gate import UpstreamGate  # noqa: E402
-from proxy.parallel import Task, TaskAnswer, parse_task_graph, run_task_graph  # noqa: E402
+from ctxwarden.gate import UpstreamGate  # noqa: E402
+from ctxwarden.parallel import Task, TaskAnswer, parse_task_graph, run_task_graph  # noqa: E402
 from tests.fake_upstream import create_fake_upstream  # noqa: E402
 from tests.servers import free_port, serve_app, wait_for_port  # noqa: E402
 

@@ -24,11 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from proxy.chat import parse_chat_body, prepare_chat  # noqa: E402
-from proxy.config import TokenManagement  # noqa: E402
-from proxy.pipeline import ConversationState, conversation_keys  # noqa: E402
-from proxy.pricing import default_pricing  # noqa: E402
-from proxy.tokens import DEFAULT_ENCODING, count_message_tokens  # noqa: E402
+from ctxwarden.chat import parse_chat_body, prepare_chat  # noqa: E402
+from ctxwarden.config import TokenManagement  # noqa: E402
+from ctxwarden.pipeline import ConversationState, conversation_keys  # noqa: E402
+from ctxwarden.pricing import default_pricing  # noqa: E402
+from ctxwarden.tokens import DEFAULT_ENCODING, count_message_tokens  # noqa: E402
 
 CORPUS = REPO / ".." / "shared" / "corpus" / "visible.jsonl"
 

@@ -55,7 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.config:
             os.environ[LAST_GOOD_ENV] = os.path.join(state, "last-good.xml")
             keep_last_good(args.config, os.environ[LAST_GOOD_ENV])
-        uvicorn.run("proxy.app:create_app_from_environment", factory=True, workers=workers, **options)
+        uvicorn.run("ctxwarden.app:create_app_from_environment", factory=True, workers=workers, **options)
     return 0
 
 

@@ -4,7 +4,7 @@ in-flight coalescing, and storing answers that completed cleanly.
 The key covers the upstream, the path and query string, the rewritten body
 (less `stream` and its options), the headers that change an answer and a
 fingerprint of every credential the caller sent (headers and query parameters,
-see :mod:`proxy.cache.keys`), so tenants never share entries.
+see :mod:`ctxwarden.cache.keys`), so tenants never share entries.
 
 Coalescing key: the response key, the form asked for (JSON or SSE) and the
 request's normalised ``Accept-Encoding``. Followers are sent the leader's bytes
@@ -17,12 +17,12 @@ the bytes a follower gets would no longer be what the upstream sent. Clients
 of one kind send one ``Accept-Encoding`` (the SDKs all send the same), so the
 key costs next to no coalescing.)
 
-Size limit: :data:`MAX_ANSWER_BYTES` (8 MiB, :mod:`proxy.cache.entry`). The
+Size limit: :data:`MAX_ANSWER_BYTES` (8 MiB, :mod:`ctxwarden.cache.entry`). The
 cache step keeps at most that many bytes of an answer as relayed, and at most
 that many bytes of its decoded (gunzipped / inflated) JSON: past either it
 drops what it kept, stops decoding and stores nothing, while the relay keeps
 streaming the answer to the client untouched. A coalesced follower holds at
-most that much before it streams too (see :mod:`proxy.cache.coalesce`)."""
+most that much before it streams too (see :mod:`ctxwarden.cache.coalesce`)."""
 
 from __future__ import annotations
 

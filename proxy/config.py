@@ -204,7 +204,7 @@ class Config:
 
 
 def package_file(name: str) -> bytes:
-    return resources.files("proxy").joinpath("defaults", name).read_bytes()
+    return resources.files("ctxwarden").joinpath("defaults", name).read_bytes()
 
 
 _schema: etree.XMLSchema | None = None

@@ -2,10 +2,10 @@
 and cache as a single request) inside the fan-out share of the upstream pool.
 
 Limits, besides the run's own ``max_tasks`` / ``max_workers`` / ``task_timeout``
-and the pool share of :mod:`proxy.gate`:
+and the pool share of :mod:`ctxwarden.gate`:
 
 * **Per tenant.** A tenant is a credential fingerprint
-  (:func:`proxy.cache.credential_fingerprint` of the run's headers; callers
+  (:func:`ctxwarden.cache.credential_fingerprint` of the run's headers; callers
   that send no credential are one tenant). A tenant may have at most
   :data:`MAX_RUNS_PER_TENANT` runs at once; one more is refused with
   :class:`TooManyRuns` (429 in the dialect's error shape, ``Retry-After:``
@@ -14,13 +14,13 @@ and the pool share of :mod:`proxy.gate`:
   one of them (the wait counts in their ``task_timeout``).
 * **Expanded body.** A task whose request, placeholders filled, would be
   larger than the server's ``max_body_bytes`` is not sent (see
-  :func:`proxy.parallel.run_task_graph`).
+  :func:`ctxwarden.parallel.run_task_graph`).
 * **Answers.** Task answers are asked for with ``Accept-Encoding: gzip,
   deflate`` and decoded whatever their ``Content-Encoding``, at most
-  :data:`proxy.parallel.MAX_ANSWER_BYTES` decoded.
+  :data:`ctxwarden.parallel.MAX_ANSWER_BYTES` decoded.
 * **Client gone.** Given the request, a run whose client disconnects is
   cancelled: running calls are cancelled, no further task starts, and the
-  route ends with :class:`proxy.errors.ClientClosed` (499, logged at info).
+  route ends with :class:`ctxwarden.errors.ClientClosed` (499, logged at info).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ DEFAULT_ANTHROPIC_VERSION = b"2023-06-01"
 MAX_RUNS_PER_TENANT = 4
 #: the Retry-After of that 429, in seconds
 RETRY_AFTER_SECONDS = 5
-#: what tasks ask the upstream for: codings proxy.parallel.decode_content undoes
+#: what tasks ask the upstream for: codings ctxwarden.parallel.decode_content undoes
 TASK_ACCEPT_ENCODING = b"gzip, deflate"
 
 # headers that described the run's own request body, not a task's
@@ -165,7 +165,7 @@ async def run_parallel(gateway: Gateway, gate: UpstreamGate, graph: TaskGraph,
     has too many runs going. With ``request`` (the Starlette request, its body
     already read), the run is cancelled when the client disconnects: running
     calls are cancelled, no further task starts, and
-    :class:`proxy.errors.ClientClosed` (499, sent to no one) is raised.
+    :class:`ctxwarden.errors.ClientClosed` (499, sent to no one) is raised.
     """
     limits = tenant_limits(gate)
     tenant = credential_fingerprint(headers)

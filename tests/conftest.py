@@ -82,8 +82,8 @@ def local_upstream(local_upstream_server: ServedFake) -> ServedFake:
 
 
 def _proxy_app(xml: str):
-    from proxy.app import create_app
-    from proxy.config import parse_config
+    from ctxwarden.app import create_app
+    from ctxwarden.config import parse_config
 
     return create_app(parse_config(xml))
 
@@ -101,7 +101,7 @@ def proxy_xml(fake_upstream_server: ServedFake, local_upstream_server: ServedFak
 
 @pytest.fixture(scope="session")
 def proxy_config(proxy_xml: str):
-    from proxy.config import parse_config
+    from ctxwarden.config import parse_config
 
     return parse_config(proxy_xml)
 

@@ -140,14 +140,14 @@ def serve_app(
 
 
 def ctxwarden_command() -> list[str]:
-    """How to invoke the CLI: the installed console script if present, else `python -m proxy`."""
+    """How to invoke the CLI: the installed console script if present, else `python -m ctxwarden`."""
     exe = Path(sys.executable).with_name("ctxwarden")
     if exe.exists():
         return [str(exe)]
     found = shutil.which("ctxwarden")
     if found:
         return [found]
-    return [sys.executable, "-m", "proxy"]
+    return [sys.executable, "-m", "ctxwarden"]
 
 
 def run_cli(args: Sequence[str], timeout: float = 30.0, env: dict | None = None) -> subprocess.CompletedProcess:

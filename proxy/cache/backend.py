@@ -1,6 +1,6 @@
 """The one small interface every response-cache backend implements.
 
-Values are opaque bytes (see :mod:`proxy.cache.entry` for the stored answer
+Values are opaque bytes (see :mod:`ctxwarden.cache.entry` for the stored answer
 form). Backends never raise for a backend outage: a miss is ``None``, a failed
 store is silently dropped (and counted by the backend). ``ttl`` is in seconds;
 ``None`` means the backend's configured default.

@@ -55,7 +55,7 @@ Semantics
 
 The key is the caller's to choose; the response cache key is the natural one
 (the proxy may add the requested form, JSON vs SSE, so that followers never need
-to convert, or convert with :mod:`proxy.cache.sse`).
+to convert, or convert with :mod:`ctxwarden.cache.sse`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ import weakref
 from types import TracebackType
 from typing import Any, AsyncIterator, Generic, TypeVar
 
-from proxy.cache.entry import MAX_ANSWER_BYTES
+from ctxwarden.cache.entry import MAX_ANSWER_BYTES
 
 __all__ = ["MAX_BUFFER_BYTES", "Broadcast", "FollowerTooSlow", "InFlight", "LeaderCancelled", "Subscriber"]
 

@@ -7,9 +7,9 @@ unchanged::
     {"id":"chatcmpl-...","object":"chat.completion",...}
 
 The body is always the complete *non-streaming* JSON answer (a streamed answer is
-assembled by :class:`proxy.cache.sse.StreamRecorder` before it is stored), so one
+assembled by :class:`ctxwarden.cache.sse.StreamRecorder` before it is stored), so one
 entry serves both forms: as is for JSON clients, through
-:func:`proxy.cache.sse.replay_sse` for streaming ones. ``from_bytes`` raises
+:func:`ctxwarden.cache.sse.replay_sse` for streaming ones. ``from_bytes`` raises
 ``ValueError`` for anything it does not recognise (another version, garbage);
 callers treat that as a miss.
 
@@ -18,7 +18,7 @@ the bytes relayed for it (compressed or not, SSE or JSON) and its decoded JSON
 each stay within it; a larger answer is relayed to the client chunk by chunk
 and not stored, and the cache step stops reading (and decompressing) it as soon
 as the limit is passed. Coalesced followers share the same bound
-(:mod:`proxy.cache.coalesce`).
+(:mod:`ctxwarden.cache.coalesce`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Public entry points::
     rewrite_turn(body, dialect, plan, state=None, keys=None) -> TurnOutcome
     explain_turn(body, dialect, plan) -> dict        (JSON-serialisable)
 
-See :mod:`proxy.pipeline.conversation` for how a conversation is appended to,
+See :mod:`ctxwarden.pipeline.conversation` for how a conversation is appended to,
 compacted when the budget forces it (priced against the provider's prompt
 cache), and recalled from.
 """

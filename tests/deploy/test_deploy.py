@@ -26,8 +26,8 @@ import httpx
 import pytest
 import yaml
 
-from proxy.__main__ import build_parser
-from proxy.config import parse_config
+from ctxwarden.__main__ import build_parser
+from ctxwarden.config import parse_config
 from tests.servers import REPO_ROOT, ctxwarden_command, free_port, wait_for_port
 
 DEPLOY = REPO_ROOT / "deploy"

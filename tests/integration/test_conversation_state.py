@@ -32,11 +32,11 @@ import httpx
 import openai
 import pytest
 
-from proxy.app import create_app
-from proxy.cache import conversation_store_key, credential_fingerprint
-from proxy.config import parse_config
-from proxy.pipeline import ConversationState, conversation_keys
-from proxy.prompt_cache import count_breakpoints
+from ctxwarden.app import create_app
+from ctxwarden.cache import conversation_store_key, credential_fingerprint
+from ctxwarden.config import parse_config
+from ctxwarden.pipeline import ConversationState, conversation_keys
+from ctxwarden.prompt_cache import count_breakpoints
 from tests.servers import serve_app
 
 BUDGET = 4000

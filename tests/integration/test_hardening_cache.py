@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from proxy.cache import MAX_ANSWER_BYTES
+from ctxwarden.cache import MAX_ANSWER_BYTES
 from tests.conftest import serve_proxy
 from tests.servers import serve_app
 

@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from proxy.app import create_app
-from proxy.config import parse_config
+from ctxwarden.app import create_app
+from ctxwarden.config import parse_config
 from tests.integration.test_hardening_uploads import metric, open_upload, read_response, wait_until
 from tests.servers import proxy_config_xml, serve_app
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 
-from proxy.app import create_app
-from proxy.config import load_config
+from ctxwarden.app import create_app
+from ctxwarden.config import load_config
 from tests.integration.test_hardening_uploads import BODY, metric, open_upload, read_response, wait_until
 from tests.servers import proxy_config_xml, serve_app
 

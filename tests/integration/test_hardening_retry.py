@@ -13,10 +13,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from proxy.config import ServerSettings, Timeouts, Upstream
-from proxy.errors import UpstreamUnavailable
-from proxy.routing import Target
-from proxy.upstream import UpstreamClient
+from ctxwarden.config import ServerSettings, Timeouts, Upstream
+from ctxwarden.errors import UpstreamUnavailable
+from ctxwarden.routing import Target
+from ctxwarden.upstream import UpstreamClient
 
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from proxy.app import create_app
-from proxy.config import parse_config
+from ctxwarden.app import create_app
+from ctxwarden.config import parse_config
 from tests.servers import proxy_config_xml, serve_app
 
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello " * 50}]}).encode()

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from proxy.config import parse_config
+from ctxwarden.config import parse_config
 from tests.conftest import serve_proxy
 from tests.servers import ctxwarden_command, free_port, wait_for_port
 
@@ -124,7 +124,7 @@ def test_reload_applies_a_good_file_and_keeps_the_last_good_one(tmp_path, fake_u
     path = tmp_path / "performance.xml"
     path.write_text(_config(fake_upstream_server.url, budget=200000))
     config = parse_config(path.read_bytes(), source=str(path))
-    from proxy.app import create_app
+    from ctxwarden.app import create_app
     from tests.servers import serve_app
 
     long_text = "\n".join(f"entry {i} = value_{i} * 3" for i in range(3000))

@@ -274,7 +274,7 @@ class HeldUpstream:
 def test_runs_per_tenant_are_capped_with_a_429(monkeypatch):
     """Point 3: one credential may have MAX_RUNS_PER_TENANT runs at once; one
     more is a 429 in the OpenAI shape with Retry-After, and sends nothing."""
-    from proxy.fanout import MAX_RUNS_PER_TENANT, RETRY_AFTER_SECONDS
+    from ctxwarden.fanout import MAX_RUNS_PER_TENANT, RETRY_AFTER_SECONDS
 
     held = HeldUpstream()
     app = Starlette(routes=[Route("/v1/chat/completions", held.chat, methods=["POST"])])
@@ -311,9 +311,9 @@ def test_client_leaving_cancels_the_run(fake_upstream_server, upstream):
     <resource_limit>0.8</resource_limit></parallel_execution>
   <upstreams><upstream name="openai" dialect="openai" base_url="{fake_upstream_server.url}"/></upstreams>
 </performance_optimization>"""
-    from proxy.app import create_app
-    from proxy.config import parse_config
-    from proxy.fanout import tenant_limits
+    from ctxwarden.app import create_app
+    from ctxwarden.config import parse_config
+    from ctxwarden.fanout import tenant_limits
 
     app = create_app(parse_config(xml))
     body = json.dumps({"tasks": [_task(f"t{i}", f"leaving {i}") for i in range(200)]}).encode()

@@ -8,9 +8,9 @@ import anthropic
 import httpx
 import pytest
 
-from proxy.tokens import count_request_tokens
-from proxy.app import create_app
-from proxy.config import parse_config
+from ctxwarden.tokens import count_request_tokens
+from ctxwarden.app import create_app
+from ctxwarden.config import parse_config
 from tests.conftest import serve_proxy
 from tests.servers import run_cli, serve_app
 from tests.strict_wire import anthropic_messages_problems

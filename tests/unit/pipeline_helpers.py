@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from proxy.pipeline import RewritePlan, TurnOutcome, conversation_keys, rewrite_turn
+from ctxwarden.pipeline import RewritePlan, TurnOutcome, conversation_keys, rewrite_turn
 
 SYSTEM = "You are a careful coding agent. Use the tools to inspect and change the repository."
 TASK = "Fix parse_value in src/pkg/values.py so that the failing test tests/test_values.py passes."

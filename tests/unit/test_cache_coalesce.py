@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.cache.coalesce import (
+from ctxwarden.cache.coalesce import (
     Broadcast,
     FollowerTooSlow,
     InFlight,

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from proxy.cache.keys import (
+from ctxwarden.cache.keys import (
     ANONYMOUS,
     accepted_encodings,
     answer_headers,

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from proxy.cache.backend import CacheBackend
-from proxy.cache.entry import CachedAnswer
-from proxy.cache.memory import MemoryCache
+from ctxwarden.cache.backend import CacheBackend
+from ctxwarden.cache.entry import CachedAnswer
+from ctxwarden.cache.memory import MemoryCache
 
 
 class Clock:

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from proxy.cache.backend import CacheBackend
-from proxy.cache.entry import CachedAnswer
-from proxy.cache.redis import RedisCache, redact_url
+from ctxwarden.cache.backend import CacheBackend
+from ctxwarden.cache.entry import CachedAnswer
+from ctxwarden.cache.redis import RedisCache, redact_url
 from tests.redis_server import RedisServer, free_port
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.cache.sse import SSEParser, StreamRecorder, parse_sse, replay_sse
+from ctxwarden.cache.sse import SSEParser, StreamRecorder, parse_sse, replay_sse
 
 # --------------------------------------------------------------------------- answers
 

@@ -12,8 +12,8 @@ import zlib
 import pytest
 from starlette.responses import Response, StreamingResponse
 
-from proxy.cache import CachedAnswer, InFlight, MemoryCache, Subscriber
-from proxy.caching import (
+from ctxwarden.cache import CachedAnswer, InFlight, MemoryCache, Subscriber
+from ctxwarden.caching import (
     CachePolicy,
     CacheTap,
     ResponseCache,
@@ -21,8 +21,8 @@ from proxy.caching import (
     follow,
     request_policy,
 )
-from proxy.config import CacheSettings
-from proxy.errors import UpstreamUnavailable
+from ctxwarden.config import CacheSettings
+from ctxwarden.errors import UpstreamUnavailable
 
 LIMIT = 64 * 1024
 JSON = [(b"content-type", b"application/json")]

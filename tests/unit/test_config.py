@@ -4,11 +4,11 @@ import textwrap
 
 import pytest
 
-from proxy.config import (
+from ctxwarden.config import (
     Config, ConfigError, DEFAULT_UPSTREAMS, TokenManagement, Upstream, default_config_text, load_config,
     parse_config,
 )
-from proxy.pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing
+from ctxwarden.pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing
 from tests.servers import SEED_CONFIG as SEED
 
 
@@ -277,7 +277,7 @@ def test_removed_checkpoint_element_is_refused_saying_what_replaced_it():
 
 
 def test_low_water_is_configurable_and_bounded():
-    from proxy.config import parse_config as parse
+    from ctxwarden.config import parse_config as parse
 
     xml = "<performance_optimization><token_management>{}</token_management></performance_optimization>"
     assert parse(xml.format("")).token_management.low_water == 0.35
@@ -285,7 +285,7 @@ def test_low_water_is_configurable_and_bounded():
     for bad in ("0", "1", "1.5", "-0.1"):
         with pytest.raises(ConfigError):
             parse(xml.format(f"<low_water>{bad}</low_water>"))
-    from proxy.chat import rewrite_plan
+    from ctxwarden.chat import rewrite_plan
 
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert rewrite_plan(TokenManagement(low_water=0.5), body).low_water == 0.5

@@ -1,5 +1,5 @@
-from proxy.dialects import anthropic as an
-from proxy.tokens import count_request_tokens
+from ctxwarden.dialects import anthropic as an
+from ctxwarden.tokens import count_request_tokens
 
 
 def body():

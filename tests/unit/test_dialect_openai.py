@@ -1,6 +1,6 @@
-from proxy.dialects import openai as oa
-from proxy.pipeline.model import with_segments
-from proxy.tokens import count_request_tokens
+from ctxwarden.dialects import openai as oa
+from ctxwarden.pipeline.model import with_segments
+from ctxwarden.tokens import count_request_tokens
 
 
 def body():

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from proxy.gate import UpstreamGate, fanout_limit_for
+from ctxwarden.gate import UpstreamGate, fanout_limit_for
 
 
 async def settle(n: int = 5) -> None:

@@ -11,12 +11,12 @@ from contextlib import contextmanager
 
 import pytest
 
-from proxy.chat import parse_chat_body, prepare_chat
-from proxy.config import TokenManagement
-from proxy.errors import BadRequest
-from proxy.pipeline import RewritePlan, rewrite_turn
-from proxy.tokens import _CountCache, count_text
-from proxy.wirejson import MAX_DEPTH, parse_json
+from ctxwarden.chat import parse_chat_body, prepare_chat
+from ctxwarden.config import TokenManagement
+from ctxwarden.errors import BadRequest
+from ctxwarden.pipeline import RewritePlan, rewrite_turn
+from ctxwarden.tokens import _CountCache, count_text
+from ctxwarden.wirejson import MAX_DEPTH, parse_json
 
 from .pipeline_helpers import agent_conversation
 
@@ -89,7 +89,7 @@ def test_token_count_cache_is_bounded_by_bytes():
 
 
 def test_the_mmap_threshold_is_fixed_for_this_process_and_its_workers(monkeypatch):
-    from proxy.heap import ENV, MMAP_THRESHOLD, fix_mmap_threshold
+    from ctxwarden.heap import ENV, MMAP_THRESHOLD, fix_mmap_threshold
 
     monkeypatch.delenv(ENV, raising=False)
     took = fix_mmap_threshold()

@@ -3,10 +3,10 @@ sent upstream never leaves the upstream's base URL."""
 
 import pytest
 
-from proxy.config import Upstream
-from proxy.errors import BadPath
-from proxy.routing import Target, check_path
-from proxy.upstream import _build_request
+from ctxwarden.config import Upstream
+from ctxwarden.errors import BadPath
+from ctxwarden.routing import Target, check_path
+from ctxwarden.upstream import _build_request
 
 REFUSED = [
     b"/v1/x/../chat/completions", b"/v1/../_ctxwarden/config", b"/v1/%2e%2e/%2e%2e/admin",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy.parallel import (
+from ctxwarden.parallel import (
     Task,
     TaskAnswer,
     TaskGraphError,
@@ -482,7 +482,7 @@ async def test_a_run_of_thousands_of_tasks_completes() -> None:
 
 
 async def test_with_gate_fanout_share_bounds_concurrency_across_runs() -> None:
-    from proxy.gate import UpstreamGate
+    from ctxwarden.gate import UpstreamGate
 
     gate = UpstreamGate(10, 0.5)  # fan-out share 5
     peak = 0

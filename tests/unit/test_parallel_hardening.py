@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-import proxy.parallel as parallel
-from proxy.config import ParallelExecution
-from proxy.errors import ClientClosed, error_response
-from proxy.fanout import (
+import ctxwarden.parallel as parallel
+from ctxwarden.config import ParallelExecution
+from ctxwarden.errors import ClientClosed, error_response
+from ctxwarden.fanout import (
     MAX_RUNS_PER_TENANT,
     RETRY_AFTER_SECONDS,
     TenantLimits,
@@ -26,8 +26,8 @@ from proxy.fanout import (
     task_headers,
     tenant_limits,
 )
-from proxy.gate import UpstreamGate
-from proxy.parallel import (
+from ctxwarden.gate import UpstreamGate
+from ctxwarden.parallel import (
     AnswerUnreadable,
     Task,
     TaskAnswer,

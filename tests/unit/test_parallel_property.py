@@ -8,7 +8,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.parallel import Task, TaskAnswer, TaskGraphError, parse_task_graph, run_task_graph
+from ctxwarden.parallel import Task, TaskAnswer, TaskGraphError, parse_task_graph, run_task_graph
 
 OUTCOMES = ["ok", "ok", "ok", "slow_ok", "status", "raise", "hang"]
 TIMEOUT = 0.03

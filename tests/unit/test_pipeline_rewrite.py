@@ -1,4 +1,4 @@
-"""The per-conversation, append-only, priced rewrite (proxy.pipeline.conversation)."""
+"""The per-conversation, append-only, priced rewrite (ctxwarden.pipeline.conversation)."""
 from __future__ import annotations
 
 import json
@@ -6,14 +6,14 @@ import re
 
 import pytest
 
-from proxy.pipeline import (ConversationState, RewritePlan, conversation_keys, explain_turn,
+from ctxwarden.pipeline import (ConversationState, RewritePlan, conversation_keys, explain_turn,
                             rewrite_turn)
-from proxy.pipeline.invariants import check_turn
-from proxy.pipeline.model import MARKER_PREFIX
-from proxy.pipeline.rollout import conversation_bucket
-from proxy.pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing
-from proxy.prompt_cache import count_breakpoints
-from proxy.tokens import count_request_tokens
+from ctxwarden.pipeline.invariants import check_turn
+from ctxwarden.pipeline.model import MARKER_PREFIX
+from ctxwarden.pipeline.rollout import conversation_bucket
+from ctxwarden.pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing
+from ctxwarden.prompt_cache import count_breakpoints
+from ctxwarden.tokens import count_request_tokens
 from tests.strict_wire import chat_problems
 
 from .pipeline_helpers import (SYSTEM, agent_conversation, anthropic_conversation, anthropic_requests,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.pricing import (ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Bill, Pricing, PromptCache,
+from ctxwarden.pricing import (ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Bill, Pricing, PromptCache,
                            chain, default_pricing, request_blocks)
 
 FIXED = {"system": "You are a careful agent.", "tools": []}

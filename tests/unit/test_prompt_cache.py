@@ -1,5 +1,5 @@
-from proxy.pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing
-from proxy.prompt_cache import EPHEMERAL, add_cache_hints, count_breakpoints, mark_stable_prefix
+from ctxwarden.pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing
+from ctxwarden.prompt_cache import EPHEMERAL, add_cache_hints, count_breakpoints, mark_stable_prefix
 
 
 def _body(*contents, tools=None, system=None):

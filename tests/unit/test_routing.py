@@ -1,8 +1,8 @@
 import pytest
 
-from proxy.config import Upstream
-from proxy.errors import NotFound
-from proxy.routing import Router, chat_dialect, dialect_of
+from ctxwarden.config import Upstream
+from ctxwarden.errors import NotFound
+from ctxwarden.routing import Router, chat_dialect, dialect_of
 
 OPENAI = Upstream("openai", "openai", "https://api.openai.com")
 LOCAL = Upstream("local", "openai", "http://127.0.0.1:11434", model_patterns=("llama-*",))

@@ -4,8 +4,8 @@ import zlib
 
 import pytest
 
-from proxy import tokens
-from proxy.tokens import (
+from ctxwarden import tokens
+from ctxwarden.tokens import (
     DEFAULT_ENCODING,
     count_message_tokens,
     count_openai_tools,

@@ -2,10 +2,10 @@ import httpx
 import pytest
 import respx
 
-from proxy.config import ConfigError, ServerSettings, Timeouts, Upstream
-from proxy.errors import UpstreamTimeout, UpstreamUnavailable
-from proxy.routing import Routes, Target
-from proxy.upstream import UpstreamClient, relay, request_headers, response_headers
+from ctxwarden.config import ConfigError, ServerSettings, Timeouts, Upstream
+from ctxwarden.errors import UpstreamTimeout, UpstreamUnavailable
+from ctxwarden.routing import Routes, Target
+from ctxwarden.upstream import UpstreamClient, relay, request_headers, response_headers
 
 OPENAI = Upstream("openai", "openai", "https://api.example.test", timeouts=Timeouts(read=1))
 ANTHROPIC = Upstream("anthropic", "anthropic", "https://anthropic.example.test", api_key_env="TEST_ANTHROPIC_KEY")
