@@ -30,8 +30,8 @@ from .model import MARKER_PREFIX, Message, identifiers
 THOUGHT_CHARS = 300     # the assistant's own reasoning: its first line, cut to this many characters
 LINE_CHARS = 300        # output lines longer than this are cut (and then no longer verbatim)
 CALL_CHARS = 1000       # a call line longer than this is cut
-REASONING_LINES = 4   # lines of the assistant's prose kept per step, those naming most
-CALL_LINES = 12         # a call's lines shown verbatim (a long script: the first ones)
+REASONING_LINES = 8     # lines of the assistant's prose kept per step, those naming most
+CALL_LINES = 40         # a call's lines shown verbatim (a long script: the first ones; the agent reuses them)
 SHORT_USER_LINES = 6    # a user message of at most this many lines is kept whole (an instruction, not an output)
 MAX_FOCUS_LINES = 6     # per step
 MAX_SCORED_LINES = 2000  # lines of one result scored for the focus
