@@ -82,7 +82,7 @@ def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing | None = 
         budget=budget, compression_threshold=tokens.compression_threshold,
         pruning_distance=tokens.pruning_distance, tier_shares=tokens.tier_shares,
         critical_overflow=tokens.critical_overflow, encoding=tokens.encoding_for(model),
-        pricing=pricing or default_pricing(dialect), low_water=tokens.low_water,
+        pricing=pricing or default_pricing(dialect), low_water=tokens.low_water_for(model),
     )
 
 

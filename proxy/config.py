@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from lxml import etree
 
@@ -47,6 +48,7 @@ class ModelSettings:
     pattern: str
     encoding: str | None = None
     context_window: int | None = None
+    low_water: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,17 +65,23 @@ class TokenManagement:
     default_encoding: str = DEFAULT_ENCODING
     models: tuple[ModelSettings, ...] = ()
 
-    def encoding_for(self, model: str) -> str:
+    def _model_setting(self, model: str, name: str) -> Any:
+        """The first value for ``name`` among the <model> entries matching ``model``."""
         for m in self.models:
-            if m.encoding and fnmatch.fnmatchcase(model, m.pattern):
-                return m.encoding
-        return self.default_encoding
+            value = getattr(m, name)
+            if value is not None and fnmatch.fnmatchcase(model, m.pattern):
+                return value
+        return None
+
+    def encoding_for(self, model: str) -> str:
+        return self._model_setting(model, "encoding") or self.default_encoding
 
     def context_window_for(self, model: str) -> int | None:
-        for m in self.models:
-            if m.context_window and fnmatch.fnmatchcase(model, m.pattern):
-                return m.context_window
-        return None
+        return self._model_setting(model, "context_window")
+
+    def low_water_for(self, model: str) -> float:
+        found = self._model_setting(model, "low_water")
+        return self.low_water if found is None else found
 
 
 @dataclass(frozen=True)
@@ -354,7 +362,8 @@ def _build_token_management(node, source: str, issues: list[ConfigIssue]) -> Tok
     if models_node is not None:
         default_encoding = models_node.get("default_encoding", d.default_encoding)
         models = tuple(ModelSettings(m.get("pattern"), m.get("encoding"),
-                                     int(m.get("context_window")) if m.get("context_window") else None)
+                                     int(m.get("context_window")) if m.get("context_window") else None,
+                                     float(m.get("low_water")) if m.get("low_water") else None)
                        for m in models_node.findall("model"))
         _check_encodings(models_node, source, issues)
     return TokenManagement(

@@ -289,3 +289,20 @@ def test_low_water_is_configurable_and_bounded():
 
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert rewrite_plan(TokenManagement(low_water=0.5), body).low_water == 0.5
+
+
+def test_low_water_per_model_overrides_the_global_one():
+    from ctxwarden.chat import rewrite_plan
+    from ctxwarden.config import parse_config as parse
+
+    xml = ("<performance_optimization><token_management><low_water>0.3</low_water>"
+           "<models>{}</models></token_management></performance_optimization>")
+    tm = parse(xml.format('<model pattern="claude-*" low_water="0.5"/><model pattern="*" low_water="0.2"/>')
+               ).token_management
+    assert tm.low_water_for("claude-sonnet-4-5") == 0.5 and tm.low_water_for("gpt-4o") == 0.2
+    assert parse(xml.format('<model pattern="gpt-*" context_window="128000"/>')
+                 ).token_management.low_water_for("gpt-4o") == 0.3
+    body = {"model": "claude-opus-4", "messages": [{"role": "user", "content": "hi"}]}
+    assert rewrite_plan(tm, body).low_water == 0.5
+    with pytest.raises(ConfigError):
+        parse(xml.format('<model pattern="x" low_water="1.2"/>'))
