@@ -190,9 +190,10 @@ def naive_window(messages: list, budget: int) -> list:
     bench/economy.py compares against (system + task, then the most recent
     whole turns that fit)."""
     from bench.economy import recent_window
-    from ctxwarden.tokens import DEFAULT_ENCODING, count_message_tokens
+    from ctxwarden.dialects import openai
+    from ctxwarden.tokens import DEFAULT_ENCODING
 
-    tokens = [count_message_tokens(m, "openai", DEFAULT_ENCODING) for m in messages]
+    tokens = [openai.message_tokens(m, DEFAULT_ENCODING) for m in messages]
     return [messages[k] for k in recent_window(messages, tokens, budget)]
 
 

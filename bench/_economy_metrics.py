@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ctxwarden.pricing import Block, request_blocks
-from ctxwarden.tokens import DEFAULT_ENCODING, count_message_tokens, fixed_request_tokens
+from ctxwarden.dialects import get_dialect
+from ctxwarden.tokens import DEFAULT_ENCODING
 
 ENCODING = DEFAULT_ENCODING
 MIN_LINE = 20            # a retained fact must sit inside a whole original line at least this long
@@ -201,7 +202,7 @@ class RequestMeter:
         if hit is not None and hit[0] is message:
             return hit[1]
         stripped, marked = strip_marks(message)
-        info = MessageInfo(_digest(stripped), marked, count_message_tokens(message, self.dialect, ENCODING),
+        info = MessageInfo(_digest(stripped), marked, get_dialect(self.dialect).message_tokens(message, ENCODING),
                            long_lines(message_texts(message)))
         self._memo[id(message)] = (message, info)
         return info
@@ -211,7 +212,7 @@ class RequestMeter:
         part = {"system": body.get("system"), "tools": body.get("tools")}
         stripped, marked = strip_marks(part)
         lines = long_lines(content_texts(body.get("system")))
-        return MessageInfo(_digest(stripped), marked, fixed_request_tokens(body, self.dialect, ENCODING), lines)
+        return MessageInfo(_digest(stripped), marked, get_dialect(self.dialect).fixed_tokens(body, ENCODING), lines)
 
     def price(self, body: dict, with_lines: bool = True) -> Priced:
         fixed = self.fixed(body)

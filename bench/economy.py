@@ -60,7 +60,8 @@ from bench._economy_metrics import (  # noqa: E402
 )
 from ctxwarden.pipeline.conversation import conversation_keys, rewrite_turn  # noqa: E402
 from ctxwarden.pipeline.plan import RewritePlan  # noqa: E402
-from ctxwarden.pricing import PromptCache, default_pricing  # noqa: E402
+from ctxwarden.dialects import get_dialect  # noqa: E402
+from ctxwarden.pricing import PromptCache  # noqa: E402
 from tests.strict_wire import chat_problems  # noqa: E402
 
 DEFAULT_CORPUS = REPO / ".." / "shared" / "corpus" / "visible.jsonl"
@@ -306,7 +307,7 @@ class Ctxwarden(Strategy):
 
     def __init__(self, dialect: str, budget: int, meter: RequestMeter, stateless: bool = False) -> None:
         super().__init__(dialect, budget, meter)
-        self.plan = RewritePlan(budget=budget, encoding=ENCODING, pricing=default_pricing(dialect))
+        self.plan = RewritePlan(budget=budget, encoding=ENCODING, pricing=get_dialect(dialect).default_pricing)
         self.store: dict[str, Any] = {}
         self.stateless = stateless
         self.last: EngineTurn | None = None
@@ -421,7 +422,7 @@ class Track:
     def __init__(self, strategy: Strategy, conv_id: str, large: bool) -> None:
         self.strategy, self.conv_id, self.large = strategy, conv_id, large
         self.stats = Stats()
-        self.cache = PromptCache(default_pricing(strategy.dialect))
+        self.cache = PromptCache(get_dialect(strategy.dialect).default_pricing)
         self.previous: list | None = None    # blocks of the previous request
 
     def probe(self, body: dict, line: str) -> None:
@@ -589,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"corpus: {', '.join(paths)}; split {args.split}; {len(convs)} conversations; "
           f"{args.jobs} processes; encoding {ENCODING}")
     for d in dialects:
-        p = default_pricing(d)
+        p = get_dialect(d).default_pricing
         print(f"pricing {d}: cache {p.cache}, read {p.read}x, write {p.write}x, ttl {p.ttl:.0f} s; "
               f"one turn every {TURN_SECONDS:.0f} s")
     started = time.perf_counter()

@@ -31,7 +31,7 @@ from ctxwarden.chat import parse_chat_body, prepare_chat  # noqa: E402
 from ctxwarden.config import CacheSettings, TokenManagement  # noqa: E402
 from ctxwarden.heap import fix_mmap_threshold  # noqa: E402
 from ctxwarden.pipeline import conversation_keys  # noqa: E402
-from ctxwarden.pricing import default_pricing  # noqa: E402
+from ctxwarden.dialects import openai  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -55,7 +55,7 @@ async def run(requests: int, kib: int, budget: int) -> None:
     settings = CacheSettings()
     cache = ResponseCache(MemoryCache(settings.max_entries, settings.ttl, settings.max_bytes), settings.ttl)
     tokens = TokenManagement(budget=budget)
-    pricing = default_pricing("openai")
+    pricing = openai.default_pricing
     before = rss_mib()
     started = time.perf_counter()
     decisions: dict[str, int] = {}

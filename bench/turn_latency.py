@@ -27,8 +27,8 @@ if str(REPO) not in sys.path:
 from ctxwarden.chat import parse_chat_body, prepare_chat  # noqa: E402
 from ctxwarden.config import TokenManagement  # noqa: E402
 from ctxwarden.pipeline import ConversationState, conversation_keys  # noqa: E402
-from ctxwarden.pricing import default_pricing  # noqa: E402
-from ctxwarden.tokens import DEFAULT_ENCODING, count_message_tokens  # noqa: E402
+from ctxwarden.dialects import openai  # noqa: E402
+from ctxwarden.tokens import DEFAULT_ENCODING  # noqa: E402
 
 CORPUS = REPO / ".." / "shared" / "corpus" / "visible.jsonl"
 
@@ -48,14 +48,14 @@ def long_conversation(convs: list[dict], start: int, min_tokens: int) -> list[di
             if m["role"] == "tool":
                 m["tool_call_id"] = f"{m['tool_call_id']}_{k}"
             messages.append(m)
-            total += count_message_tokens(m, "openai", DEFAULT_ENCODING)
+            total += openai.message_tokens(m, DEFAULT_ENCODING)
         k += 1
     return messages
 
 
 def timed_turns(messages: list[dict], budget: int, turns: int, keep_state: bool) -> list[float]:
     tokens = TokenManagement(budget=budget)
-    pricing = default_pricing("openai")
+    pricing = openai.default_pricing
     store: dict[str, bytes] = {}
     ends = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     timed = set(ends[-turns:])
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     print(f"command: bench/turn_latency.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     long = [long_conversation(convs, 7 * n, args.min_tokens) for n in range(args.conversations)]
-    sizes = [sum(count_message_tokens(m, "openai", DEFAULT_ENCODING) for m in c) for c in long]
+    sizes = [sum(openai.message_tokens(m, DEFAULT_ENCODING) for m in c) for c in long]
     print(f"{len(long)} conversations of {', '.join(f'{s:,}' for s in sizes)} tokens; "
           f"last {args.turns} turns of each timed")
     print(f"{'budget':>8} {'state':>8} {'p50 ms':>8} {'p90 ms':>8} {'max ms':>8}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .config import Config, ConfigError, load_config
+from .dialects import DEFAULT, DIALECTS
 from .errors import ProxyError
 from .heap import fix_mmap_threshold
 from .logs import configure_logging
@@ -104,12 +105,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _credential_headers() -> list[tuple[bytes, bytes]]:
     """The credentials the SDKs would send, from their usual variables."""
-    headers = []
-    if os.environ.get("OPENAI_API_KEY"):
-        headers.append((b"authorization", b"Bearer " + os.environ["OPENAI_API_KEY"].encode()))
-    if os.environ.get("ANTHROPIC_API_KEY"):
-        headers.append((b"x-api-key", os.environ["ANTHROPIC_API_KEY"].encode()))
-    return headers
+    return [header for dialect in DIALECTS.values() if (key := os.environ.get(dialect.sdk_key_env))
+            for header in dialect.credential_headers(key)]
 
 
 class _Progress:
@@ -181,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="show how a chat request would be rewritten (no upstream call)")
     explain.add_argument("file", help="a chat request body as JSON")
     explain.add_argument("--config", help="config XML (default: the shipped default config)")
-    explain.add_argument("--dialect", default="openai", choices=["openai", "anthropic"])
+    explain.add_argument("--dialect", default=DEFAULT.name, choices=list(DIALECTS))
     explain.set_defaults(run=_explain)
 
     parallel = commands.add_parser("run-parallel", help="run a task graph (as POST /_ctxwarden/parallel takes)")

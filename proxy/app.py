@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from .caching import ResponseCache, make_backend
 from .chat import explain_request
 from .config import Config, ConfigError, load_config, package_file
+from .dialects import DIALECTS, Dialect, dialect_for
 from .errors import BadRequest, ProxyError, Unauthorized, error_response
 from .fanout import run_parallel
 from .gate import UpstreamGate
@@ -28,7 +29,6 @@ from .logs import configure_logging
 from .parallel import parse_task_graph, summarize
 from .wirejson import parse_json
 from .reload import ConfigReloader
-from .routing import dialect_of
 from .telemetry import Telemetry
 from .tokens import get_encoding
 from .upstream import UpstreamClient
@@ -127,8 +127,8 @@ class ProxiedRequests:
         await proxy.gateway.serve(scope, receive, send, proxy.gate)
 
 
-def _dialect_for_error(request: Request) -> str:
-    return dialect_of(request.url.path, "anthropic-version" in request.headers)
+def _dialect_for_error(request: Request) -> Dialect:
+    return dialect_for(request.url.path, request.headers)
 
 
 async def _proxy_error(request: Request, exc: Exception) -> Response:
@@ -139,11 +139,11 @@ async def _proxy_error(request: Request, exc: Exception) -> Response:
 
 def _explain_dialect(request: Request) -> str:
     requested = request.query_params.get("dialect")
-    if requested in ("openai", "anthropic"):
-        return requested
-    if requested is not None:
-        raise BadRequest("dialect must be 'openai' or 'anthropic'")
-    return "anthropic" if "anthropic-version" in request.headers else "openai"
+    if requested is None:
+        return dialect_for(request.url.path, request.headers).name
+    if requested not in DIALECTS:
+        raise BadRequest(f"dialect must be one of {', '.join(map(repr, DIALECTS))}")
+    return requested
 
 
 def create_app(config: Config, config_path: str | None = None, last_good_path: str | None = None) -> Starlette:

@@ -53,7 +53,8 @@ from .cache import (
 )
 from .cache.coalesce import Broadcast
 from .config import CacheSettings
-from .errors import ProxyError, UpstreamUnavailable, stream_error_event
+from .dialects import get_dialect
+from .errors import ProxyError, UpstreamUnavailable
 from .pipeline import ConversationState
 
 log = logging.getLogger("ctxwarden.cache")
@@ -122,7 +123,7 @@ class ResponseCache:
             return None
         headers = extra_headers + [(CACHE_HEADER, b"hit"), (b"age", str(answer.age()).encode())]
         if policy.stream:
-            events = replay_sse(dialect, answer.body, policy.include_usage)
+            events = replay_sse(get_dialect(dialect), answer.body, policy.include_usage)
             response = StreamingResponse(_iterate(events), status_code=answer.status,
                                          media_type="text/event-stream")
             response.raw_headers += [(b"cache-control", b"no-cache")] + headers
@@ -215,9 +216,9 @@ async def _follow_chunks(subscriber: Subscriber, dialect: str) -> AsyncIterator[
         async for chunk in subscriber:
             yield chunk
     except ProxyError as exc:
-        yield stream_error_event(dialect, exc.message)
+        yield get_dialect(dialect).stream_error_event(exc.message)
     except FollowerTooSlow:
-        yield stream_error_event(dialect, _TOO_SLOW)
+        yield get_dialect(dialect).stream_error_event(_TOO_SLOW)
 
 
 async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:
@@ -264,7 +265,7 @@ class CacheTap:
                 self.encoding = value.decode("latin-1").strip().lower()
         if 200 <= status < 300 and self.policy.key is not None:
             if self.content_type.startswith("text/event-stream") and self.encoding in (None, "identity"):
-                self.recorder = StreamRecorder(self.dialect, max_bytes=self.limit)
+                self.recorder = StreamRecorder(get_dialect(self.dialect), max_bytes=self.limit)
                 self.collecting = True
             elif self.content_type.startswith("application/json") and self.encoding in _DECODERS:
                 wbits = _DECODERS[self.encoding]

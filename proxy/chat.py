@@ -4,17 +4,16 @@ Pure apart from logging: the gateway calls it, tests call it directly."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
 from .config import Config, TokenManagement
+from .dialects import get_dialect, request_tokens
 from .errors import BadRequest
 from .pipeline import ConversationState, RewritePlan, explain_turn, rewrite_turn
 from .pipeline.rollout import conversation_bucket
-from .pricing import Pricing, default_pricing
+from .pricing import Pricing
 from .routing import Router
-from .tokens import count_request_tokens
 from .wirejson import compact, parse_json
 
 log = logging.getLogger("ctxwarden.rewrite")
@@ -66,8 +65,7 @@ class ChatRequest:
         return headers
 
 
-def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing | None = None,
-                 dialect: str = "openai") -> RewritePlan:
+def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing) -> RewritePlan:
     """The plan for one request: the config's, with the budget capped by the
     model's context window less the output it asks for, where both are known,
     priced as the upstream bills."""
@@ -82,7 +80,7 @@ def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing | None = 
         budget=budget, compression_threshold=tokens.compression_threshold,
         pruning_distance=tokens.pruning_distance, tier_shares=tokens.tier_shares,
         critical_overflow=tokens.critical_overflow, encoding=tokens.encoding_for(model),
-        pricing=pricing or default_pricing(dialect), low_water=tokens.low_water_for(model),
+        pricing=pricing, low_water=tokens.low_water_for(model),
     )
 
 
@@ -124,9 +122,9 @@ def prepare_chat(tokens: TokenManagement, dialect: str, raw: bytes, body: dict, 
 
     `state`: what was stored for this conversation (see `pipeline.conversation_keys`);
     the result is the same without it, only slower."""
-    plan = rewrite_plan(tokens, body, pricing, dialect)
+    plan = rewrite_plan(tokens, body, pricing or get_dialect(dialect).default_pricing)
     if not rewrite_applies(tokens, dialect, body):
-        count = count_request_tokens(body, dialect, plan.encoding)
+        count = request_tokens(body, get_dialect(dialect), plan.encoding)
         return ChatRequest(dialect, body, raw, count, count,
                            "off" if tokens.rewrite_mode == "off" else "excluded")
     try:
@@ -134,7 +132,7 @@ def prepare_chat(tokens: TokenManagement, dialect: str, raw: bytes, body: dict, 
     except Exception:
         # The rewrite must never cost the client its request.
         log.exception("rewrite failed; sending the request unchanged")
-        count = count_request_tokens(body, dialect, plan.encoding)
+        count = request_tokens(body, get_dialect(dialect), plan.encoding)
         return ChatRequest(dialect, body, raw, count, count, "failed",
                            warning="rewrite failed; request sent unchanged")
     before = outcome.tokens_before
@@ -159,4 +157,4 @@ def explain_request(config: Config, dialect: str, raw: bytes) -> dict:
     """What the rewrite does to a request, priced as the upstream it would go to bills."""
     body = parse_chat_body(raw)
     pricing = Router(config.upstreams).choose(dialect, body["model"]).pricing_for(body["model"])
-    return explain_turn(body, dialect, rewrite_plan(config.token_management, body, pricing, dialect))
+    return explain_turn(body, dialect, rewrite_plan(config.token_management, body, pricing))

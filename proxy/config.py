@@ -15,7 +15,8 @@ from typing import Any
 from lxml import etree
 
 from .cache.redis import redact_url
-from .pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing, default_pricing
+from .dialects import get_dialect
+from .pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing
 from .tokens import DEFAULT_ENCODING
 
 DEFAULT_CONFIG_NAME = "performance.xml"
@@ -169,7 +170,7 @@ class Upstream:
 
     def __post_init__(self) -> None:
         if self.pricing is None:
-            object.__setattr__(self, "pricing", default_pricing(self.dialect))
+            object.__setattr__(self, "pricing", get_dialect(self.dialect).default_pricing)
 
     def serves_model(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, p) for p in self.model_patterns)
@@ -477,12 +478,12 @@ def _build_upstream_pricing(upstream, dialect: str, source: str, issues: list[Co
             # The XSD cannot say "at most one without @model"; a second would be ignored silently.
             issues.append(ConfigIssue(source, node.sourceline, "an upstream has at most one <pricing> without "
                                                                 f"model; the first is on line {default_line}"))
-    return default if default is not None else default_pricing(dialect), tuple(per_model)
+    return default if default is not None else get_dialect(dialect).default_pricing, tuple(per_model)
 
 
 def _build_pricing(node, dialect: str, source: str, issues: list[ConfigIssue]) -> Pricing:
     kind = node.get("cache")
-    base = default_pricing(dialect) if kind is None else _CACHE_KIND_DEFAULTS[kind]
+    base = get_dialect(dialect).default_pricing if kind is None else _CACHE_KIND_DEFAULTS[kind]
     values = {name: read(node.get(name)) for name, read in _PRICING_ATTRIBUTES.items() if node.get(name) is not None}
     # Checked here rather than left to Pricing's own check, which knows no file or line.
     problem = _price_problem(values, base)

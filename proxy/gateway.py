@@ -28,12 +28,13 @@ from .cache import Subscriber, credential_fingerprint
 from .caching import CACHE_HEADER, ResponseCache, follow, request_policy
 from .chat import ChatRequest, manages, parse_chat_body, prepare_chat
 from .config import Config, Upstream
+from .dialects import chat_dialect, dialect_for, get_dialect
 from .errors import (BodyTimeout, ClientClosed, NoSlot, NotFound, PayloadTooLarge, ProxyError,
                      UpstreamTimeout, UpstreamUnavailable, error_response)
 from .gate import UpstreamGate
 from .pipeline import conversation_keys
 from .records import RequestRecord
-from .routing import Routes, Target, chat_dialect, check_path, dialect_of
+from .routing import Routes, Target, check_path
 from .telemetry import Telemetry
 from .upstream import CLIENT_GONE, UpstreamClient, relay
 
@@ -41,7 +42,6 @@ log = logging.getLogger("ctxwarden")
 
 # Bodies larger than this are counted and rewritten on a worker thread.
 OFFLOAD_BODY_BYTES = 256 * 1024
-_ROUTES = {"openai": "chat_completions", "anthropic": "messages"}
 _UPSTREAM_ERROR_KINDS = {UpstreamUnavailable: "connect", UpstreamTimeout: "timeout"}
 
 
@@ -103,7 +103,7 @@ class Gateway:
         request = Request(scope, receive)
         path = request.url.path
         record = RequestRecord(route="forward", method=request.method, path=path,
-                               dialect=dialect_of(path, "anthropic-version" in request.headers))
+                               dialect=dialect_for(path, request.headers).name)
         slot = Slot(gate)
         try:
             response = await self._answer(record, lambda: self._proxied(request, record, slot))
@@ -116,9 +116,10 @@ class Gateway:
     async def _proxied(self, request: Request, record: RequestRecord, slot: Slot) -> Response:
         raw_path = request.scope.get("raw_path") or quote(request.scope["path"]).encode()
         path = check_path(raw_path)
-        dialect = chat_dialect(request.method, path.decoded)
-        record.path, record.route = path.decoded, _ROUTES.get(dialect, "forward")
-        record.dialect = dialect or dialect_of(path.decoded, "anthropic-version" in request.headers)
+        chat = chat_dialect(request.method, path.decoded)
+        record.path, record.route = path.decoded, chat.route if chat else "forward"
+        record.dialect = (chat or dialect_for(path.decoded, request.headers)).name
+        dialect = chat.name if chat else None
         if not path.decoded.startswith("/v1/"):
             raise NotFound(f"ctxwarden serves no path {path.decoded!r}; the provider APIs live under /v1/")
         server = self.config.server
@@ -159,7 +160,7 @@ class Gateway:
         except ProxyError as exc:
             log.info("%s %s -> %d: %s", record.method, record.path, exc.status, exc.message)
             record.error_kind = _UPSTREAM_ERROR_KINDS.get(type(exc), "")
-            response = error_response(exc, record.dialect)
+            response = error_response(exc, get_dialect(record.dialect))
         except anyio.get_cancelled_exc_class():
             record.status = ClientClosed.status
             raise

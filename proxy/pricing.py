@@ -72,10 +72,6 @@ OPENAI_PRICING = Pricing(cache="openai", read=0.1, write=1.0)
 NO_CACHE_PRICING = Pricing(cache="none", read=1.0, write=1.0, markers=False, prompt_cache_key=False)
 
 
-def default_pricing(dialect: str) -> Pricing:
-    """The pricing of a dialect's own provider, as it bills today."""
-    return ANTHROPIC_PRICING if dialect == "anthropic" else OPENAI_PRICING
-
 
 @dataclass(frozen=True)
 class Block:

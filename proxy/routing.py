@@ -1,5 +1,5 @@
-"""Which dialect a request speaks and which configured upstream serves it,
-on a path checked once before anything else looks at it."""
+"""Which configured upstream serves a request, on a path checked once before
+anything else looks at it (which dialect it speaks is the dialects' registry's)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ import httpx
 
 from .config import ConfigError, ConfigIssue, Upstream
 from .errors import BadPath, NotFound
-
-OPENAI_CHAT_PATH = "/v1/chat/completions"
-ANTHROPIC_MESSAGES_PATH = "/v1/messages"
 
 
 @dataclass(frozen=True)
@@ -45,27 +42,6 @@ def check_path(raw_path: bytes) -> RequestPath:
     if any(segment.split(";", 1)[0] in (".", "..") for segment in decoded.split("/")):
         raise BadPath("the request path must not contain '.' or '..' segments")
     return RequestPath(raw, decoded)
-
-
-def dialect_of(path: str, has_anthropic_version: bool) -> str:
-    if path == ANTHROPIC_MESSAGES_PATH or path.startswith(ANTHROPIC_MESSAGES_PATH + "/"):
-        return "anthropic"
-    if path == OPENAI_CHAT_PATH:
-        return "openai"
-    # Both providers serve /v1/models and more; the Anthropic SDK always sends
-    # anthropic-version, the OpenAI SDK never does.
-    return "anthropic" if has_anthropic_version else "openai"
-
-
-def chat_dialect(method: str, path: str) -> str | None:
-    """The dialect whose chat endpoint this is, or None for a plain forward."""
-    if method != "POST":
-        return None
-    if path == OPENAI_CHAT_PATH:
-        return "openai"
-    if path == ANTHROPIC_MESSAGES_PATH:
-        return "anthropic"
-    return None
 
 
 @dataclass(frozen=True)

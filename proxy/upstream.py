@@ -14,7 +14,8 @@ import httpx
 from starlette.responses import Response, StreamingResponse
 
 from .config import ServerSettings, Upstream
-from .errors import BadPath, UpstreamTimeout, UpstreamUnavailable, stream_error_event
+from .dialects import get_dialect
+from .errors import BadPath, UpstreamTimeout, UpstreamUnavailable
 from .records import RequestRecord
 from .routing import Target
 
@@ -49,10 +50,7 @@ def request_headers(raw: list[tuple[bytes, bytes]], upstream: Upstream,
         drop |= _CREDENTIAL_HEADERS
     headers = [(k, v) for k, v in raw if k.lower() not in drop]
     if api_key is not None:
-        if upstream.dialect == "anthropic":
-            headers.append((b"x-api-key", api_key.encode()))
-        else:
-            headers.append((b"authorization", b"Bearer " + api_key.encode()))
+        headers += get_dialect(upstream.dialect).credential_headers(api_key)
     return headers
 
 
@@ -301,7 +299,7 @@ async def _relay_chunks(response: httpx.Response, error_dialect: str | None,
             record.error_kind = "broken_stream"
         if error_dialect is None:
             raise
-        yield stream_error_event(error_dialect, "the upstream broke off the stream")
+        yield get_dialect(error_dialect).stream_error_event("the upstream broke off the stream")
     finally:
         # Shielded: on client disconnect this runs inside a cancelled scope, and
         # the upstream connection must still be closed.

@@ -1,0 +1,56 @@
+"""The providers' dialects and how a request finds its own.
+
+A dialect is a module whose names follow :class:`~ctxwarden.dialects.base.Dialect`
+(one per provider: ``openai`` for Chat Completions, ``anthropic`` for Messages).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..tokens import count_json
+from . import anthropic, openai
+from .base import Dialect, Message
+
+__all__ = ["DIALECTS", "Dialect", "Message", "chat_dialect", "dialect_for", "get_dialect", "request_tokens"]
+
+#: by name, the config's upstream/@dialect; the first is the default
+DIALECTS: dict[str, Dialect] = {openai.name: openai, anthropic.name: anthropic}
+DEFAULT: Dialect = openai
+
+
+def get_dialect(name: str) -> Dialect:
+    """The dialect called ``name`` (a KeyError names the unknown one)."""
+    return DIALECTS[name]
+
+
+def chat_dialect(method: str, path: str) -> Dialect | None:
+    """The dialect whose chat endpoint this is, or None (a plain forward)."""
+    if method != "POST":
+        return None
+    return next((d for d in DIALECTS.values() if path == d.chat_path), None)
+
+
+def dialect_for(path: str, headers: Mapping[str, str]) -> Dialect:
+    """The dialect a request speaks: the provider whose endpoint the path is;
+    on paths every provider serves (/v1/models ...), the one whose SDK the
+    headers show; else the default."""
+    for dialect in DIALECTS.values():
+        if dialect.owns_path(path):
+            return dialect
+    return next((d for d in DIALECTS.values() if d.recognises(headers)), DEFAULT)
+
+
+def request_tokens(body: Any, dialect: Dialect, encoding: str) -> int:
+    """Input tokens of a chat request as the provider bills it.  Never raises
+    on odd shapes: what is not a message list is counted as its compact JSON."""
+    if not isinstance(body, dict):
+        return 0
+    n = dialect.fixed_tokens(body, encoding)
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        n += sum(dialect.message_tokens(m, encoding) for m in messages)
+    elif messages is not None:
+        n += count_json(messages, encoding)
+    return n

@@ -25,7 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..tokens import count_text
-from .model import MARKER_PREFIX, Message, identifiers
+from ..dialects.base import Message
+from .text import MARKER_PREFIX, identifiers
 
 THOUGHT_CHARS = 300     # the assistant's own reasoning: its first line, cut to this many characters
 LINE_CHARS = 300        # output lines longer than this are cut (and then no longer verbatim)

@@ -38,10 +38,10 @@ from typing import Any
 
 from ..pricing import chain_bytes
 from ..wirejson import canonical, compact
-from ..tokens import count_message_tokens, fixed_request_tokens
 from .compaction import NoteEntry, calls_of, compact_units, render_note
 from .invariants import check_turn
-from .model import MARKER_PREFIX, Message
+from ..dialects import Message, get_dialect
+from .text import MARKER_PREFIX
 from .overflow import cut_message
 from .plan import RewritePlan
 from .recall import recall_text
@@ -152,25 +152,22 @@ class _Run:
     """One request's originals, parsed on demand (each message at most once)."""
 
     def __init__(self, body: dict, dialect: str, plan: RewritePlan):
-        from ..dialects import anthropic, openai   # the dialects import this package's model
-
         self.body = body
         self.messages: list = body["messages"]
-        self.dialect = dialect
+        self.dialect = get_dialect(dialect)
         self.plan = plan
-        self.mod = anthropic if dialect == "anthropic" else openai
         self.encoding = plan.encoding
-        self.fixed_tokens = fixed_request_tokens(body, dialect, plan.encoding)
+        self.fixed_tokens = self.dialect.fixed_tokens(body, plan.encoding)
         self._parsed: dict[int, Message] = {}
         self.conversation = ""   # the key of its opening (system and task): one per conversation
 
     def parsed(self, item: Item) -> Message:
         if not isinstance(item, int):
-            return self.mod.parse_message(_origin(item) if _origin(item) is not None else -1,
+            return self.dialect.parse_message(_origin(item) if _origin(item) is not None else -1,
                                           self.wire(item), self.encoding)
         message = self._parsed.get(item)
         if message is None:
-            message = self._parsed[item] = self.mod.parse_message(item, self.messages[item], self.encoding)
+            message = self._parsed[item] = self.dialect.parse_message(item, self.messages[item], self.encoding)
         return message
 
     def wire(self, item: Item) -> Any:
@@ -183,7 +180,7 @@ class _Run:
         return wire.get("role", "") if isinstance(wire, dict) else ""
 
     def tokens(self, wire: Any) -> int:
-        return count_message_tokens(wire, self.dialect, self.encoding)
+        return self.dialect.message_tokens(wire, self.encoding)
 
     def user_words(self, item: Item) -> str:
         """What the user wrote in a message: its text outside tool results
@@ -229,7 +226,7 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
     if tokens_before <= plan.threshold_tokens:
         return TurnOutcome(body, False, "unchanged", "below the compression threshold", tokens_before,
                            tokens_before)
-    problems = run.mod.check_structure(run.messages)
+    problems = run.dialect.check_structure(run.messages)
     if problems:
         return _passthrough(body, tokens_before, f"its message order is not valid for the {dialect} "
                                                  f"dialect ({problems[0]})")
@@ -463,7 +460,7 @@ def _shorten_long_replies(run: _Run, items: list, tokens: list, room: int) -> tu
     for pos, item in enumerate(items):
         if isinstance(item, int) and run.role(item) == "assistant" and tokens[pos] > limit:
             message = run.parsed(item)
-            cut = cut_message(message, limit, calls_of(message), run.encoding)
+            cut = cut_message(message, limit, calls_of(message), run.encoding, run.tokens)
             if cut is not message:
                 items[pos], tokens[pos] = [item, _without_markers(cut.wire)], cut.tokens
     return items, tokens
@@ -501,7 +498,7 @@ def _cut_pending(run: _Run, state: ConversationState, pending_from: int) -> Conv
             continue
         if run.user_wrote(item) and not message.result_ids:
             continue
-        cut = cut_message(message, max(64, tokens[pos] - excess), focus, run.encoding,
+        cut = cut_message(message, max(64, tokens[pos] - excess), focus, run.encoding, run.tokens,
                           editable=lambda path: message.role != "user" or _in_tool_result(path))
         if cut is message:
             continue
@@ -537,8 +534,7 @@ def _with_note(run: _Run, state: ConversationState) -> list:
 
 
 def _note_message(run: _Run, note: str) -> dict:
-    # a block list in the Anthropic dialect, so the stable prefix's breakpoint can sit on it
-    return {"role": "user", "content": [{"type": "text", "text": note}] if run.dialect == "anthropic" else note}
+    return run.dialect.note_message(note)
 
 
 def _note_tokens(run: _Run, state: ConversationState) -> int:
@@ -547,15 +543,13 @@ def _note_tokens(run: _Run, state: ConversationState) -> int:
 
 def _render(run: _Run, state: ConversationState) -> tuple[dict, int]:
     """The body to send and how many leading messages form its stable prefix."""
-    from ..prompt_cache import add_cache_hints
-
     head = _with_note(run, state)
     tail = [run.wire(x) for x in state.items]
-    tail = run.mod.join_turns(tail, {p for p, x in enumerate(state.items) if is_recall(x)})
+    tail = run.dialect.join_turns(tail, {p for p, x in enumerate(state.items) if is_recall(x)})
     messages = head + tail
     stable = len(head) if state.note else 0
     if len(messages) == len(run.messages) and all(a is b for a, b in zip(messages, run.messages)):
         messages = run.messages
     body = run.body if messages is run.messages else {
         k: (messages if k == "messages" else v) for k, v in run.body.items()}
-    return add_cache_hints(body, run.dialect, run.plan.pricing, stable, run.conversation), stable
+    return run.dialect.cache_hints(body, run.plan.pricing, stable, run.conversation), stable

@@ -9,9 +9,11 @@ The system prompt and the latest user message are never cut.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..tokens import count_text
-from .model import MARKER_PREFIX, Message, identifiers, with_segments
+from ..dialects.base import Message, with_segments
+from .text import MARKER_PREFIX, identifiers
 
 MIN_KEPT_TOKENS = 64
 MARKER_TOKENS = 10
@@ -61,10 +63,10 @@ def cut_text(text: str, max_tokens: int, focus: frozenset[str], encoding: str) -
 
 
 def cut_message(message: Message, max_tokens: int, focus_texts: Iterable[str], encoding: str,
-                editable: Callable[[tuple], bool] = lambda path: True) -> Message:
+                count_tokens: Callable[[Any], int], editable: Callable[[tuple], bool] = lambda path: True) -> Message:
     """``message`` with its ``editable`` texts (by path) cut to about
-    ``max_tokens`` in all, each in proportion to its size; unchanged when it
-    has none."""
+    ``max_tokens`` in all, each in proportion to its size, recounted with
+    ``count_tokens``; unchanged when it has none."""
     if not message.segments or message.unknown:
         return message
     focus = frozenset(name for text in focus_texts for name in identifiers(text))
@@ -77,4 +79,4 @@ def cut_message(message: Message, max_tokens: int, focus_texts: Iterable[str], e
     for (_, text), size in zip(message.segments, sizes):
         share = max(MIN_KEPT_TOKENS, size - (excess * size + total - 1) // total)
         texts.append(cut_text(text, share, focus, encoding) if size and share < size else text)
-    return with_segments(message, tuple(texts), encoding, "truncated")
+    return with_segments(message, tuple(texts), count_tokens)

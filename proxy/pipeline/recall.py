@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 
 from ..tokens import count_text
 from .compaction import LINE_CHARS
-from .model import MARKER_PREFIX, Message, identifiers
+from ..dialects.base import Message
+from .text import MARKER_PREFIX, identifiers
 
 MIN_NAME_CHARS = 4
 LINES_PER_NAME = 3

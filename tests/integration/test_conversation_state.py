@@ -36,7 +36,7 @@ from ctxwarden.app import create_app
 from ctxwarden.cache import conversation_store_key, credential_fingerprint
 from ctxwarden.config import parse_config
 from ctxwarden.pipeline import ConversationState, conversation_keys
-from ctxwarden.prompt_cache import count_breakpoints
+from ctxwarden.dialects.anthropic.markers import count_breakpoints
 from tests.servers import serve_app
 
 BUDGET = 4000

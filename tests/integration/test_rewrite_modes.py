@@ -8,7 +8,7 @@ import anthropic
 import httpx
 import pytest
 
-from ctxwarden.tokens import count_request_tokens
+from tests.unit.pipeline_helpers import count_request_tokens
 from ctxwarden.app import create_app
 from ctxwarden.config import parse_config
 from tests.conftest import serve_proxy

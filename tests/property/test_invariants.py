@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 
 from ctxwarden.pipeline import ConversationState, RewritePlan, conversation_keys, rewrite_turn
 from ctxwarden.pipeline.invariants import check_turn
-from ctxwarden.pipeline.model import MARKER_PREFIX
+from ctxwarden.pipeline.text import MARKER_PREFIX
 from ctxwarden.pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing
-from ctxwarden.tokens import count_request_tokens
+from tests.unit.pipeline_helpers import count_request_tokens
 from tests.strict_wire import chat_problems
 from tests.unit.pipeline_helpers import (STEP_KINDS, STYLES, anthropic_requests, dumps, latest_user_kept,
                                          openai_requests, system_kept, without_markers)

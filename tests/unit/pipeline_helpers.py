@@ -16,7 +16,9 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from ctxwarden.dialects import get_dialect, request_tokens
 from ctxwarden.pipeline import RewritePlan, TurnOutcome, conversation_keys, rewrite_turn
+from ctxwarden.tokens import DEFAULT_ENCODING
 
 SYSTEM = "You are a careful coding agent. Use the tools to inspect and change the repository."
 TASK = "Fix parse_value in src/pkg/values.py so that the failing test tests/test_values.py passes."
@@ -370,3 +372,8 @@ def latest_user_kept(body: dict, sent: dict, dialect: str) -> bool:
         if any(have[i:i + len(wanted)] == wanted for i in range(len(have) - len(wanted) + 1)):
             return True
     return False
+
+
+def count_request_tokens(body: dict, dialect: str, encoding: str = DEFAULT_ENCODING) -> int:
+    """Tokens of a request in the named dialect, as the rewrite counts them."""
+    return request_tokens(body, get_dialect(dialect), encoding)

@@ -1,5 +1,5 @@
-from ctxwarden.dialects import anthropic as an
-from ctxwarden.tokens import count_request_tokens
+from ctxwarden.dialects import anthropic as an, dialect_for, request_tokens
+from ctxwarden.tokens import DEFAULT_ENCODING
 
 
 def body():
@@ -23,18 +23,28 @@ def body():
     }
 
 
-def test_to_conversation_facts():
+def test_parse_message_facts():
     b = body()
-    conv = an.to_conversation(b)
-    ms = conv.messages
+    ms = [an.parse_message(i, m, DEFAULT_ENCODING) for i, m in enumerate(b["messages"])]
     assert ms[1].call_ids == ("t1",) and "bash" in ms[1].text
     assert ms[2].result_ids == ("t1",)
     assert ms[2].segments == ((("content", 0, "content"), "a.py"), (("content", 1, "text"), "and?"))
     assert ms[3].opaque and ms[3].segments == ()      # thinking: never edited
     assert ms[4].unknown                               # unknown block type
-    assert ms[1].unit == ms[2].unit
-    assert conv.fixed_tokens > 0
-    assert conv.tokens == count_request_tokens(b, "anthropic")
+    assert an.fixed_tokens(b, DEFAULT_ENCODING) > 0
+    assert an.fixed_tokens(b, DEFAULT_ENCODING) + sum(m.tokens for m in ms) == request_tokens(b, an, DEFAULT_ENCODING)
+
+
+def test_wire_facts():
+    assert dialect_for("/v1/messages/batches", {}) is an
+    assert dialect_for("/v1/models", {"anthropic-version": "2023-06-01"}) is an
+    assert an.error_body(529, "busy")["error"]["type"] == "overloaded_error"
+    assert an.error_body(413, "big")["error"]["type"] == "request_too_large"
+    assert an.error_body(408, "late")["error"]["type"] == "invalid_request_error"
+    assert an.stream_error_event("gone").startswith(b"event: error\ndata: {")
+    assert an.credential_headers("k") == [(b"x-api-key", b"k")]
+    b = body()
+    assert an.opening(b) == (b["system"], "task") and an.system_messages(b["messages"]) == []
 
 
 def test_check_structure():

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import ctxwarden.parallel as parallel
+from ctxwarden.dialects import get_dialect
 from ctxwarden.config import ParallelExecution
 from ctxwarden.errors import ClientClosed, error_response
 from ctxwarden.fanout import (
@@ -224,12 +225,12 @@ def test_tenant_run_cap_is_a_429_with_retry_after_in_the_openai_shape() -> None:
         with limits.run("t2", 4):  # another tenant is not held back
             assert limits.runs("t2") == 1
     assert len(limits) == 0  # entries go with the tenant's last run
-    response = error_response(err.value, "openai")
+    response = error_response(err.value, get_dialect("openai"))
     assert response.status_code == 429
     assert response.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
     body = json.loads(response.body)
     assert body["error"]["type"] == "requests" and str(MAX_RUNS_PER_TENANT) in body["error"]["message"]
-    assert json.loads(error_response(err.value, "anthropic").body)["error"]["type"] == "rate_limit_error"
+    assert json.loads(error_response(err.value, get_dialect("anthropic")).body)["error"]["type"] == "rate_limit_error"
 
 
 class StubGateway:

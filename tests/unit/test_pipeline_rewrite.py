@@ -9,11 +9,11 @@ import pytest
 from ctxwarden.pipeline import (ConversationState, RewritePlan, conversation_keys, explain_turn,
                             rewrite_turn)
 from ctxwarden.pipeline.invariants import check_turn
-from ctxwarden.pipeline.model import MARKER_PREFIX
+from ctxwarden.pipeline.text import MARKER_PREFIX
 from ctxwarden.pipeline.rollout import conversation_bucket
 from ctxwarden.pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing
-from ctxwarden.prompt_cache import count_breakpoints
-from ctxwarden.tokens import count_request_tokens
+from ctxwarden.dialects.anthropic.markers import count_breakpoints
+from tests.unit.pipeline_helpers import count_request_tokens
 from tests.strict_wire import chat_problems
 
 from .pipeline_helpers import (SYSTEM, agent_conversation, anthropic_conversation, anthropic_requests,

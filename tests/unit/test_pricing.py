@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from ctxwarden.pricing import (ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Bill, Pricing, PromptCache,
-                           chain, default_pricing, request_blocks)
+                           chain, request_blocks)
+from ctxwarden.dialects import anthropic, openai
 
 FIXED = {"system": "You are a careful agent.", "tools": []}
 FIXED_TOKENS = 1000
@@ -180,8 +181,8 @@ def test_no_cache_costs_the_tokens():
 # ------------------------------------------------------------------ the pricing itself
 
 def test_pricing_defaults():
-    assert default_pricing("anthropic") is ANTHROPIC_PRICING
-    assert default_pricing("openai") is OPENAI_PRICING
+    assert anthropic.default_pricing is ANTHROPIC_PRICING
+    assert openai.default_pricing is OPENAI_PRICING
     assert (ANTHROPIC_PRICING.read, ANTHROPIC_PRICING.write, ANTHROPIC_PRICING.ttl) == (0.1, 1.25, 300.0)
     assert (ANTHROPIC_PRICING.max_breakpoints, ANTHROPIC_PRICING.lookback_blocks) == (4, 20)
     assert (OPENAI_PRICING.read, OPENAI_PRICING.write) == (0.1, 1.0)

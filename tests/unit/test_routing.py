@@ -2,7 +2,8 @@ import pytest
 
 from ctxwarden.config import Upstream
 from ctxwarden.errors import NotFound
-from ctxwarden.routing import Router, chat_dialect, dialect_of
+from ctxwarden.dialects import anthropic, chat_dialect, dialect_for, openai
+from ctxwarden.routing import Router
 
 OPENAI = Upstream("openai", "openai", "https://api.openai.com")
 LOCAL = Upstream("local", "openai", "http://127.0.0.1:11434", model_patterns=("llama-*",))
@@ -10,18 +11,19 @@ ANTHROPIC = Upstream("anthropic", "anthropic", "https://api.anthropic.com")
 
 
 def test_chat_dialect_only_for_posts_to_chat_endpoints():
-    assert chat_dialect("POST", "/v1/chat/completions") == "openai"
-    assert chat_dialect("POST", "/v1/messages") == "anthropic"
+    assert chat_dialect("POST", "/v1/chat/completions") is openai
+    assert chat_dialect("POST", "/v1/messages") is anthropic
     assert chat_dialect("GET", "/v1/chat/completions") is None
     assert chat_dialect("POST", "/v1/messages/count_tokens") is None
     assert chat_dialect("POST", "/v1/embeddings") is None
 
 
 def test_dialect_of_other_paths_follows_the_anthropic_version_header():
-    assert dialect_of("/v1/messages/batches", False) == "anthropic"
-    assert dialect_of("/v1/models", True) == "anthropic"
-    assert dialect_of("/v1/models", False) == "openai"
-    assert dialect_of("/v1/chat/completions", True) == "openai"
+    version = {"anthropic-version": "2023-06-01"}
+    assert dialect_for("/v1/messages/batches", {}) is anthropic
+    assert dialect_for("/v1/models", version) is anthropic
+    assert dialect_for("/v1/models", {}) is openai
+    assert dialect_for("/v1/chat/completions", version) is openai
 
 
 def test_model_pattern_wins_then_catch_all_of_the_dialect():

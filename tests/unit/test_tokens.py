@@ -5,14 +5,11 @@ import zlib
 import pytest
 
 from ctxwarden import tokens
-from ctxwarden.tokens import (
-    DEFAULT_ENCODING,
-    count_message_tokens,
-    count_openai_tools,
-    count_request_tokens,
-    count_text,
-    openai_image_tokens,
-)
+from ctxwarden.dialects import openai
+from ctxwarden.dialects.anthropic import tokens as anthropic_tokens
+from ctxwarden.dialects.openai.tokens import image_tokens as openai_image_tokens, tools_tokens as count_openai_tools
+from ctxwarden.tokens import DEFAULT_ENCODING, count_text
+from tests.unit.pipeline_helpers import count_request_tokens
 
 # The OpenAI cookbook "How to count tokens with tiktoken" example; the cookbook
 # states 129 prompt tokens for gpt-3.5-turbo / gpt-4 (cl100k_base), matching the API.
@@ -57,9 +54,9 @@ def test_tool_calls_counted():
     call = {"id": "call_1", "type": "function", "function": {"name": "bash", "arguments": '{"command":"ls -la"}'}}
     msg = {"role": "assistant", "content": None, "tool_calls": [call]}
     expected = 3 + count_text("assistant") + 4 + count_text("bash") + count_text('{"command":"ls -la"}')
-    assert count_message_tokens(msg, "openai") == expected
+    assert openai.message_tokens(msg, DEFAULT_ENCODING) == expected
     tool = {"role": "tool", "tool_call_id": "call_1", "content": "file.txt"}
-    assert count_message_tokens(tool, "openai") == 3 + count_text("tool") + count_text("call_1") + count_text("file.txt")
+    assert openai.message_tokens(tool, DEFAULT_ENCODING) == 3 + count_text("tool") + count_text("call_1") + count_text("file.txt")
 
 
 def test_tools_definition_cookbook_recipe():
@@ -104,7 +101,7 @@ def test_image_size_from_data_url():
 def test_anthropic_estimate_counts_everything():
     base = {"model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": "hello world"}]}
     n0 = count_request_tokens(base, "anthropic")
-    assert n0 == tokens.ANTHROPIC_REQUEST_OVERHEAD + tokens.ANTHROPIC_TOKENS_PER_MESSAGE + 2
+    assert n0 == anthropic_tokens.REQUEST_OVERHEAD + anthropic_tokens.TOKENS_PER_MESSAGE + 2
     with_system = dict(base, system="You are terse.")
     assert count_request_tokens(with_system, "anthropic") == n0 + count_text("You are terse.")
     blocks = dict(base, system=[{"type": "text", "text": "You are terse."}])

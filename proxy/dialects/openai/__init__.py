@@ -10,23 +10,34 @@ pipeline treats it as critical and never edits or drops it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from ..pipeline.model import Conversation, Message, build_conversation
-from ..tokens import DEFAULT_ENCODING, count_message_tokens, openai_fixed_tokens
+from ..base import Message
+from ...pricing import OPENAI_PRICING, Pricing
+from .stream import assemble_stream, replay_stream
+from .tokens import fixed_tokens, message_tokens
 
-DIALECT = "openai"
+__all__ = ["assemble_stream", "replay_stream", "fixed_tokens", "message_tokens"]
+
+name = "openai"
+chat_path = "/v1/chat/completions"
+route = "chat_completions"
+sdk_key_env = "OPENAI_API_KEY"
+default_pricing = OPENAI_PRICING
+hint_fields = frozenset({"prompt_cache_key"})
+SYSTEM_ROLES = ("system", "developer")
 KNOWN_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 OPAQUE_PARTS = frozenset({"image_url", "input_audio", "file", "image", "input_image", "audio"})
 TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
 
 def parse_message(index: int, wire: Any, encoding: str) -> Message:
-    tokens = count_message_tokens(wire, DIALECT, encoding)
+    tokens = message_tokens(wire, encoding)
     if not isinstance(wire, dict) or not isinstance(wire.get("role"), str) or wire["role"] not in KNOWN_ROLES:
         role = wire.get("role") if isinstance(wire, dict) and isinstance(wire.get("role"), str) else ""
-        return Message(index=index, role=role, wire=wire, tokens=tokens, dialect=DIALECT,
-                       unknown=True, tokens_before=tokens)
+        return Message(index=index, role=role, wire=wire, tokens=tokens,
+                       unknown=True)
     role = wire["role"]
     segments: list = []
     texts: list[str] = []
@@ -88,17 +99,10 @@ def parse_message(index: int, wire: Any, encoding: str) -> Message:
     if unknown:
         segments = []
     return Message(
-        index=index, role=role, wire=wire, tokens=tokens, dialect=DIALECT,
+        index=index, role=role, wire=wire, tokens=tokens,
         text="\n".join(texts), segments=tuple(segments), call_ids=tuple(call_ids),
         result_ids=tuple(result_ids), opaque=opaque, unknown=unknown,
-        is_system=role in ("system", "developer"), tokens_before=tokens,
     )
-
-
-def to_conversation(body: dict, encoding: str = DEFAULT_ENCODING) -> Conversation:
-    """Parse a Chat Completions request body. Raises ValueError if it has no message list."""
-    fixed = openai_fixed_tokens(body, encoding) if isinstance(body, dict) else 0
-    return build_conversation(body, DIALECT, encoding, parse_message, fixed, check_structure)
 
 
 def join_turns(messages: list, ours: set[int]) -> list:
@@ -151,3 +155,73 @@ def check_structure(messages: Any) -> list[str]:
     if fn_pending:
         problems.append("end: function_call left without a result")
     return problems
+
+
+def owns_path(path: str) -> bool:
+    return path == chat_path
+
+
+def recognises(headers: Mapping[str, str]) -> bool:
+    """The OpenAI SDKs send nothing of their own: this dialect is the default."""
+    return False
+
+
+def note_message(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def system_messages(messages: list) -> list:
+    return [m for m in messages if isinstance(m, dict) and m.get("role") in SYSTEM_ROLES]
+
+
+def opening(body: dict) -> tuple[Any, Any]:
+    """The system and developer messages before the first user message, and that message's content."""
+    systems: list = []
+    for m in body.get("messages") or ():
+        if not isinstance(m, dict):
+            continue
+        if m.get("role") in SYSTEM_ROLES:
+            systems.append(m.get("content"))
+        elif m.get("role") == "user":
+            return systems, m.get("content")
+    return systems, None
+
+
+def latest_user_kept(original: list, sent: list) -> bool:
+    """The latest user message is sent whole (this dialect's tool results are messages of their own)."""
+    latest = next((m for m in reversed(original) if isinstance(m, dict) and m.get("role") == "user"), None)
+    if latest is None:
+        return True
+    wanted = _canonical(latest)
+    return any(m is latest or _canonical(m) == wanted for m in sent)
+
+
+def _canonical(message: Any) -> str:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+def cache_hints(body: dict, pricing: Pricing, stable_messages: int, conversation: str) -> dict:
+    """OpenAI caches the longest prefix it has seen on its own; a ``prompt_cache_key``
+    from the conversation's hash sends the conversation's requests to the same cache."""
+    if (pricing.cache != "openai" or not pricing.prompt_cache_key or "prompt_cache_key" in body
+            or not conversation):
+        return body
+    return {**body, "prompt_cache_key": "ctxw-" + conversation[:32]}
+
+
+def credential_headers(api_key: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", b"Bearer " + api_key.encode())]
+
+
+# The `type` of an error object, by HTTP status (OpenAI's API reference, "Error codes").
+_ERROR_TYPES = {429: "requests", 504: "timeout"}
+
+
+def error_body(status: int, message: str) -> dict:
+    error_type = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": error_type, "param": None, "code": None}}
+
+
+def stream_error_event(message: str) -> bytes:
+    """The SDKs raise on a ``data:`` event carrying an ``error`` object."""
+    return b"data: " + json.dumps(error_body(500, message)).encode() + b"\n\n"

@@ -11,12 +11,23 @@ block types mark the message ``unknown``: critical, never edited or dropped.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from ..pipeline.model import Conversation, Message, build_conversation
-from ..tokens import DEFAULT_ENCODING, anthropic_fixed_tokens, count_message_tokens
+from ..base import Message
+from ...pricing import ANTHROPIC_PRICING
+from .markers import cache_hints
+from .stream import assemble_stream, replay_stream
+from .tokens import fixed_tokens, message_tokens
 
-DIALECT = "anthropic"
+__all__ = ["assemble_stream", "cache_hints", "replay_stream", "fixed_tokens", "message_tokens"]
+
+name = "anthropic"
+chat_path = "/v1/messages"
+route = "messages"
+sdk_key_env = "ANTHROPIC_API_KEY"
+default_pricing = ANTHROPIC_PRICING
+hint_fields: frozenset[str] = frozenset()
 ROLES = frozenset({"user", "assistant"})
 OPAQUE_BLOCKS = frozenset({"image", "document"})
 FROZEN_BLOCKS = frozenset({"thinking", "redacted_thinking"})
@@ -48,11 +59,11 @@ def _tool_result_content(i: int, block: dict, segments: list, texts: list) -> tu
 
 
 def parse_message(index: int, wire: Any, encoding: str) -> Message:
-    tokens = count_message_tokens(wire, DIALECT, encoding)
+    tokens = message_tokens(wire, encoding)
     if not isinstance(wire, dict) or wire.get("role") not in ROLES:
         role = wire.get("role") if isinstance(wire, dict) and isinstance(wire.get("role"), str) else ""
-        return Message(index=index, role=role, wire=wire, tokens=tokens, dialect=DIALECT,
-                       unknown=True, tokens_before=tokens)
+        return Message(index=index, role=role, wire=wire, tokens=tokens,
+                       unknown=True)
     role = wire["role"]
     segments: list = []
     texts: list[str] = []
@@ -95,16 +106,10 @@ def parse_message(index: int, wire: Any, encoding: str) -> Message:
     if unknown or frozen:
         segments = []
     return Message(
-        index=index, role=role, wire=wire, tokens=tokens, dialect=DIALECT,
+        index=index, role=role, wire=wire, tokens=tokens,
         text="\n".join(texts), segments=tuple(segments), call_ids=tuple(call_ids),
-        result_ids=tuple(result_ids), opaque=opaque, unknown=unknown, tokens_before=tokens,
+        result_ids=tuple(result_ids), opaque=opaque, unknown=unknown,
     )
-
-
-def to_conversation(body: dict, encoding: str = DEFAULT_ENCODING) -> Conversation:
-    """Parse a Messages request body. Raises ValueError if it has no message list."""
-    fixed = anthropic_fixed_tokens(body, encoding) if isinstance(body, dict) else 0
-    return build_conversation(body, DIALECT, encoding, parse_message, fixed, check_structure)
 
 
 def join_turns(messages: list, ours: set[int]) -> list:
@@ -195,3 +200,79 @@ def check_structure(messages: Any) -> list[str]:
         if stray:
             problems.append("message 0: tool_result without a tool_use before it")
     return problems
+
+
+def owns_path(path: str) -> bool:
+    """/v1/messages and what lies under it (count_tokens, batches)."""
+    return path == chat_path or path.startswith(chat_path + "/")
+
+
+def recognises(headers: Mapping[str, str]) -> bool:
+    """The Anthropic SDKs always send anthropic-version, the OpenAI SDKs never do."""
+    return "anthropic-version" in headers
+
+
+def note_message(text: str) -> dict:
+    """A block list, so the stable prefix's breakpoint can sit on it."""
+    return {"role": "user", "content": [{"type": "text", "text": text}]}
+
+
+def system_messages(messages: list) -> list:
+    """The system prompt is the top-level ``system`` field, not a message."""
+    return []
+
+
+def opening(body: dict) -> tuple[Any, Any]:
+    first_user = next((m.get("content") for m in body.get("messages") or ()
+                       if isinstance(m, dict) and m.get("role") == "user"), None)
+    return body.get("system"), first_user
+
+
+def latest_user_kept(original: list, sent: list) -> bool:
+    """What the user last wrote (its blocks other than tool results, which may be
+    cut to fit) reaches ``sent`` in order, within one user turn: a note of
+    ctxwarden's may share the turn, since this dialect's turns alternate."""
+    latest = next((m for m in reversed(original) if _user_wrote(m)), None)
+    if latest is None:
+        return True
+    wanted = _words(latest.get("content"))
+    for message in sent:
+        if isinstance(message, dict) and message.get("role") == "user":
+            have = _words(message.get("content"))
+            if any(have[start:start + len(wanted)] == wanted for start in range(len(have) - len(wanted) + 1)):
+                return True
+    return False
+
+
+def _user_wrote(message: Any) -> bool:
+    if not isinstance(message, dict) or message.get("role") != "user":
+        return False
+    content = message.get("content")
+    return not (isinstance(content, list) and content and all(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content))
+
+
+def _words(content: Any) -> list:
+    """The blocks the user wrote, without cache markers (which move between turns)."""
+    return [{k: v for k, v in b.items() if k != "cache_control"} if isinstance(b, dict) else b
+            for b in _as_blocks(content) if not (isinstance(b, dict) and b.get("type") == "tool_result")]
+
+
+def credential_headers(api_key: str) -> list[tuple[bytes, bytes]]:
+    return [(b"x-api-key", api_key.encode())]
+
+
+# The `type` of an error object, by HTTP status (Anthropic's API reference, "Errors").
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                503: "overloaded_error", 529: "overloaded_error", 504: "timeout_error"}
+
+
+def error_body(status: int, message: str) -> dict:
+    error_type = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def stream_error_event(message: str) -> bytes:
+    """The SDKs raise on a named ``error`` event."""
+    return b"event: error\ndata: " + json.dumps(error_body(500, message)).encode() + b"\n\n"

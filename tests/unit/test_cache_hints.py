@@ -1,5 +1,10 @@
 from ctxwarden.pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing
-from ctxwarden.prompt_cache import EPHEMERAL, add_cache_hints, count_breakpoints, mark_stable_prefix
+from ctxwarden.dialects import get_dialect
+from ctxwarden.dialects.anthropic.markers import EPHEMERAL, count_breakpoints, mark_stable_prefix
+
+
+def add_cache_hints(body, dialect, pricing, stable_messages, conversation):
+    return get_dialect(dialect).cache_hints(body, pricing, stable_messages, conversation)
 
 
 def _body(*contents, tools=None, system=None):

@@ -1,17 +1,16 @@
-"""Cache hints that make the provider bill a repeated prefix as a cache read.
+"""Anthropic's prompt-cache breakpoints, which make it bill a repeated prefix
+as a cache read.
 
 Anthropic caches only at ``cache_control`` breakpoints: one goes at the end of
 the stable prefix (what stays until the next compaction) and one at the end
 of the request (what the next turn appends to), never more than 4 with the
-client's own, which are never moved.  OpenAI caches automatically; a
-``prompt_cache_key`` from the conversation's hash sends its requests to the
-same cache."""
+client's own, which are never moved."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .pricing import Pricing
+from ...pricing import Pricing
 
 MAX_BREAKPOINTS = 4  # Anthropic's limit per request, over tools, system and messages
 EPHEMERAL = {"type": "ephemeral"}
@@ -33,21 +32,16 @@ def count_breakpoints(body: dict) -> int:
     return count
 
 
-def add_cache_hints(body: dict, dialect: str, pricing: Pricing, stable_messages: int, conversation: str) -> dict:
-    """``body`` with the cache hints its upstream's pricing asks for.
-
-    Anthropic: the end of the request first (the next turn's breakpoint finds
-    it within its lookback, so everything sent is read back), then the end of
-    the stable prefix (found even when a turn adds more blocks than the
-    lookback), while the client's own leave room."""
-    if dialect == "anthropic" and pricing.cache == "anthropic" and pricing.markers:
-        messages = body.get("messages") or ()
-        marked = mark_stable_prefix(body, len(messages), pricing.lookback_blocks)
-        return mark_stable_prefix(marked, stable_messages, pricing.lookback_blocks)
-    if (dialect == "openai" and pricing.cache == "openai" and pricing.prompt_cache_key
-            and "prompt_cache_key" not in body and conversation):
-        return {**body, "prompt_cache_key": "ctxw-" + conversation[:32]}
-    return body
+def cache_hints(body: dict, pricing: Pricing, stable_messages: int, conversation: str) -> dict:
+    """``body`` with the breakpoints its upstream's pricing asks for: the end
+    of the request first (the next turn's breakpoint finds it within its
+    lookback, so everything sent is read back), then the end of the stable
+    prefix (found even when a turn adds more blocks than the lookback), while
+    the client's own leave room.  ``conversation`` is not needed here."""
+    if pricing.cache != "anthropic" or not pricing.markers:
+        return body
+    marked = mark_stable_prefix(body, len(body.get("messages") or ()), pricing.lookback_blocks)
+    return mark_stable_prefix(marked, stable_messages, pricing.lookback_blocks)
 
 
 def mark_stable_prefix(body: dict, stable_messages: int, lookback: int = 20) -> dict:

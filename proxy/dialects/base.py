@@ -1,0 +1,134 @@
+"""What a provider's dialect is: every fact of its wire format, in one place;
+and the :class:`Message` every dialect parses a wire message into.
+
+A dialect is a module (``dialects/openai``, ``dialects/anthropic``) whose
+names match :class:`Dialect`; the registry in ``dialects/__init__`` picks one
+by name, by path or by the headers its SDK sends.  Nothing outside
+``dialects/`` (and the config, which names them) knows a provider's shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..pricing import Pricing
+
+SSEEvent = tuple[str | None, str]   # (event name or None, data)
+Path = tuple                        # tuple[str | int, ...]: keys from a wire message to a text leaf
+
+
+@dataclass(frozen=True)
+class Message:
+    """A wire message as the rewrite sees it.  ``wire`` is the original, so an
+    unchanged message is sent as the very same object, byte for byte; what the
+    rewrite may edit is ``segments``, (path, text) pairs addressing plain-text
+    leaves inside ``wire`` (``("content",)``, ``("content", 2, "text")``)."""
+
+    index: int                      # position in the original list; -1 for inserted markers
+    role: str                       # wire role (or "" when unknown)
+    wire: Any                       # the wire message (same object when unchanged)
+    tokens: int                     # tokens of ``wire`` as billed in its dialect
+    text: str = ""                  # text used for scoring (content + tool-call names/args)
+    segments: tuple = ()            # ((path, text), ...) editable plain-text leaves
+    call_ids: tuple = ()            # tool-call ids this message makes
+    result_ids: tuple = ()          # tool-call ids whose results this message carries
+    opaque: bool = False            # images/documents/thinking: kept as is, never edited
+    unknown: bool = False           # unknown role/shape: critical, never touched
+
+
+def _set_path(obj: Any, path: Path, value: Any) -> Any:
+    if not path:
+        return value
+    key = path[0]
+    if isinstance(obj, dict):
+        new = dict(obj)  # keeps key order
+    else:
+        new = list(obj)
+    new[key] = _set_path(obj[key], path[1:], value)
+    return new
+
+
+def with_segments(msg: Message, texts: tuple, count_tokens: Callable[[Any], int]) -> Message:
+    """A copy of ``msg`` whose editable segments are replaced by ``texts``,
+    recounted with ``count_tokens`` (its dialect's, for one wire message)."""
+    if len(texts) != len(msg.segments):
+        raise ValueError("segment count mismatch")
+    wire = msg.wire
+    new_segments = []
+    changed = False
+    for (path, old), new in zip(msg.segments, texts):
+        if new != old:
+            wire = _set_path(wire, path, new)
+            changed = True
+        new_segments.append((path, new))
+    if not changed:
+        return msg
+    return dataclasses.replace(msg, wire=wire, tokens=count_tokens(wire), segments=tuple(new_segments),
+                               text="\n".join(t for _, t in new_segments))
+
+
+class Dialect(Protocol):
+    name: str                        # the config's upstream/@dialect, the label in logs and metrics
+    chat_path: str                   # the chat endpoint the rewrite applies to
+    route: str                       # the route label of that endpoint
+    sdk_key_env: str                 # where the provider's SDK reads its key
+    default_pricing: Pricing         # how the provider bills input with its prompt cache
+    hint_fields: frozenset[str]      # top-level fields the cache hints may add
+
+    # --- requests
+    def owns_path(self, path: str) -> bool:
+        """The path is one of this provider's own endpoints."""
+
+    def recognises(self, headers: Mapping[str, str]) -> bool:
+        """The headers are what this provider's SDK sends on any path."""
+
+    def parse_message(self, index: int, wire: Any, encoding: str) -> Message:
+        """One wire message as the rewrite sees it (never raises)."""
+
+    def check_structure(self, messages: Any) -> list[str]:
+        """Problems with role order and tool-call pairing (empty: valid)."""
+
+    def join_turns(self, messages: list, ours: set[int]) -> list:
+        """The message list with ctxwarden's own messages (positions in ``ours``) placed
+        where the dialect allows them."""
+
+    def note_message(self, text: str) -> dict:
+        """A message of ctxwarden's own (a note, a recall) carrying ``text``."""
+
+    def system_messages(self, messages: list) -> list:
+        """The system prompt's messages inside the message list (never changed)."""
+
+    def opening(self, body: dict) -> tuple[Any, Any]:
+        """The conversation's system prompt and first user message, as sent."""
+
+    def latest_user_kept(self, original: list, sent: list) -> bool:
+        """What the user last wrote reached ``sent`` unchanged."""
+
+    def message_tokens(self, message: Any, encoding: str) -> int:
+        """Tokens the provider bills for one message."""
+
+    def fixed_tokens(self, body: dict, encoding: str) -> int:
+        """Tokens the provider bills outside the message list."""
+
+    def cache_hints(self, body: dict, pricing: Pricing, stable_messages: int, conversation: str) -> dict:
+        """``body`` with the prompt-cache hints its pricing asks for."""
+
+    def credential_headers(self, api_key: str) -> list[tuple[bytes, bytes]]:
+        """How a request presents ``api_key``."""
+
+    # --- answers
+    def error_body(self, status: int, message: str) -> dict:
+        """The provider's error object for an HTTP status."""
+
+    def stream_error_event(self, message: str) -> bytes:
+        """The SSE event that ends a stream the upstream broke off."""
+
+    def assemble_stream(self, events: Iterable[SSEEvent]) -> dict | None:
+        """The complete answer a finished stream adds up to, or None."""
+
+    def replay_stream(self, answer: dict, include_usage: bool = False) -> list[bytes]:
+        """The events of a live stream of a stored complete answer."""
