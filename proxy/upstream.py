@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from .config import ServerSettings, Upstream
 from .errors import BadPath, UpstreamTimeout, UpstreamUnavailable, stream_error_event
-from .records import RequestRecord
+from .observability.record import RequestRecord
 from .routing import Target
 
 log = logging.getLogger("ctxwarden.upstream")
