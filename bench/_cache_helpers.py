@@ -25,6 +25,7 @@ so far), and the naive sliding window the benchmark compares against.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -78,12 +79,12 @@ def serve_main(argv: list[str] | None = None) -> int:
     else:
         from ctxwarden.app import create_app
         from ctxwarden.config import load_config
-        from ctxwarden.logs import configure_logging
+        from ctxwarden.observability.logs import configure_logging
 
         cfg = load_config(args.config)
         # as `ctxwarden serve` does: one JSON line per request on stderr (the
         # benchmark reads each request's rewrite time from it)
-        configure_logging(cfg.logging.level, json_lines=True, requests=True)
+        configure_logging(dataclasses.replace(cfg.logging, format="json", requests=True))
         app = create_app(cfg)
     config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop", http="httptools", ws="none",
                             lifespan="on", access_log=False, log_level="warning", log_config=None,

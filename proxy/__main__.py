@@ -14,7 +14,7 @@ from .config import Config, ConfigError, load_config
 from .dialects import DEFAULT, DIALECTS
 from .errors import ProxyError
 from .heap import fix_mmap_threshold
-from .logs import configure_logging
+from .observability.logs import configure_logging
 
 T = TypeVar("T")
 
@@ -35,16 +35,17 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     workers = args.workers or config.server.workers
-    level = args.log_level or config.logging.level
     fix_mmap_threshold()
-    configure_logging(level, json_lines=config.logging.format == "json", requests=config.logging.requests)
+    configure_logging(config.logging, args.log_level)
     # uvicorn re-raises the stop signal once its graceful shutdown is done,
     # which would end the process as killed by SIGTERM; with a no-op handler
     # of ours in place, a clean shutdown exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    # uvicorn's own log handlers would replace ours: log_config=None keeps them.
-    options = dict(host=host, port=port, log_config=None, log_level=level, access_log=False,
+    # uvicorn's own log handlers would replace ours (log_config=None keeps
+    # them), and a log_level of its own would pin its loggers' level: without
+    # one they follow the root logger, whose level a reload changes.
+    options = dict(host=host, port=port, log_config=None, access_log=False,
                    proxy_headers=False, server_header=False, lifespan="on",
                    timeout_graceful_shutdown=config.server.grace_period)
     if workers == 1:
@@ -52,7 +53,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="ctxwarden-") as state:
         os.environ[CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
-        os.environ[LOG_LEVEL_ENV] = level
+        # Workers take --log-level from here; without it, from each config they load.
+        if args.log_level:
+            os.environ[LOG_LEVEL_ENV] = args.log_level
+        else:
+            os.environ.pop(LOG_LEVEL_ENV, None)
         if args.config:
             os.environ[LAST_GOOD_ENV] = os.path.join(state, "last-good.xml")
             keep_last_good(args.config, os.environ[LAST_GOOD_ENV])

@@ -25,11 +25,11 @@ from .errors import BadRequest, ProxyError, Unauthorized, error_response
 from .fanout import run_parallel
 from .gate import UpstreamGate
 from .gateway import Gateway, read_body
-from .logs import configure_logging
+from .observability import Telemetry
+from .observability.logs import configure_logging, reapply_logging
 from .parallel import parse_task_graph, summarize
 from .wirejson import parse_json
 from .reload import ConfigReloader
-from .telemetry import Telemetry
 from .tokens import get_encoding
 from .upstream import UpstreamClient
 
@@ -92,6 +92,7 @@ class Proxy:
         gateway = Gateway(config, self.client, self.telemetry, self.cache)
         self.gate.reconfigure(self.initial_config.server.max_connections, config.parallel_execution.resource_limit)
         self.gateway = gateway
+        reapply_logging(config.logging)
 
     @property
     def config(self) -> Config:
@@ -262,8 +263,7 @@ def create_app_from_environment() -> Starlette:
         refused = str(exc)
     else:
         refused = None
-    configure_logging(os.environ.get(LOG_LEVEL_ENV) or config.logging.level,
-                      json_lines=config.logging.format == "json", requests=config.logging.requests)
+    configure_logging(config.logging, os.environ.get(LOG_LEVEL_ENV) or None)
     if refused:
         log.error("config refused, starting with the last good config: %s", refused)
     return create_app(config, config_path=path, last_good_path=last_good)

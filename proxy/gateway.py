@@ -25,17 +25,17 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .cache import Subscriber, credential_fingerprint
-from .caching import CACHE_HEADER, ResponseCache, follow, request_policy
+from .caching import CACHE_HEADER, CacheTap, ResponseCache, follow, request_policy
 from .chat import ChatRequest, manages, parse_chat_body, prepare_chat
 from .config import Config, Upstream
 from .dialects import chat_dialect, dialect_for, get_dialect
 from .errors import (BodyTimeout, ClientClosed, NoSlot, NotFound, PayloadTooLarge, ProxyError,
                      UpstreamTimeout, UpstreamUnavailable, error_response)
 from .gate import UpstreamGate
+from .observability import Telemetry
+from .observability.record import RequestRecord
 from .pipeline import conversation_keys
-from .records import RequestRecord
 from .routing import Routes, Target, check_path
-from .telemetry import Telemetry
 from .upstream import CLIENT_GONE, UpstreamClient, relay
 
 log = logging.getLogger("ctxwarden")
@@ -86,6 +86,15 @@ class Slot:
             self.gate.release("interactive")
 
 
+@dataclass
+class OpenTap:
+    """The cache tap a cached miss opens, kept beside the request's record
+    (plain data only) until the request ends: while the tap is open,
+    coalesced followers may wait on it."""
+
+    tap: CacheTap | None = None
+
+
 class Gateway:
     """Everything a request needs that is derived from one config."""
 
@@ -104,16 +113,16 @@ class Gateway:
         path = request.url.path
         record = RequestRecord(route="forward", method=request.method, path=path,
                                dialect=dialect_for(path, request.headers).name)
-        slot = Slot(gate)
+        slot, opened = Slot(gate), OpenTap()
         try:
-            response = await self._answer(record, lambda: self._proxied(request, record, slot))
+            response = await self._answer(record, lambda: self._proxied(request, record, opened, slot))
             if record.status != ClientClosed.status:
                 await response(scope, receive, send)
         finally:
             slot.release()
-            await self._finished(record)
+            await self._finished(record, opened)
 
-    async def _proxied(self, request: Request, record: RequestRecord, slot: Slot) -> Response:
+    async def _proxied(self, request: Request, record: RequestRecord, opened: OpenTap, slot: Slot) -> Response:
         raw_path = request.scope.get("raw_path") or quote(request.scope["path"]).encode()
         path = check_path(raw_path)
         chat = chat_dialect(request.method, path.decoded)
@@ -129,25 +138,26 @@ class Gateway:
         async def work() -> Response:
             if dialect is None:
                 return await self.forward(incoming, body, record, slot)
-            return await self.chat(incoming, body, dialect, record, slot)
+            return await self.chat(incoming, body, dialect, record, opened, slot)
 
-        return await until_disconnected(request.receive, work, keep_going=lambda: _followed(record))
+        return await until_disconnected(request.receive, work, keep_going=lambda: _followed(opened))
 
     async def answer_task(self, dialect: str, path: str, headers: list[tuple[bytes, bytes]],
                           body: dict) -> tuple[int, bytes, dict[str, str]]:
         """One task of a parallel run, through the same rewrite and cache as a
         single request; the answer read whole. Its slot is the caller's."""
         record = RequestRecord(route="parallel_task", method="POST", path=path, dialect=dialect)
+        opened = OpenTap()
         raw = json.dumps(body, ensure_ascii=False).encode()
         try:
             response = await self._answer(record, lambda: self.chat(Incoming("POST", path, b"", headers), raw,
-                                                                    dialect, record))
+                                                                    dialect, record, opened))
             if isinstance(response, StreamingResponse):
                 content = b"".join([chunk async for chunk in response.body_iterator])
             else:
                 content = bytes(response.body)
         finally:
-            await self._finished(record)
+            await self._finished(record, opened)
         return response.status_code, content, {k.decode("latin-1"): v.decode("latin-1")
                                                for k, v in response.raw_headers}
 
@@ -170,15 +180,15 @@ class Gateway:
         record.status = response.status_code
         return response
 
-    async def _finished(self, record: RequestRecord) -> None:
-        if record.tap is not None:
+    async def _finished(self, record: RequestRecord, opened: OpenTap) -> None:
+        if opened.tap is not None:
             # Normally ended by the relay already; this catches a stream whose
             # body was never iterated, so coalesced followers are not left waiting.
             with anyio.CancelScope(shield=True):
-                await record.tap.end(CLIENT_GONE)
+                await opened.tap.end(CLIENT_GONE)
         self.telemetry.finish(record)
 
-    async def chat(self, request: Incoming, raw: bytes, dialect: str, record: RequestRecord,
+    async def chat(self, request: Incoming, raw: bytes, dialect: str, record: RequestRecord, opened: OpenTap,
                    slot: Slot | None = None) -> Response:
         started = time.perf_counter()
         body = parse_chat_body(raw)
@@ -204,13 +214,13 @@ class Gateway:
             record.cache = "hit"
             return await follow(entry, dialect, policy.stream, extra)
         record.cache = "miss"
-        record.tap = self.cache.tap(policy, dialect, entry)
+        tap = opened.tap = self.cache.tap(policy, dialect, entry)
         try:
             response = await self._send(record, target, request, chat.content, slot)
         except BaseException as exc:
-            await record.tap.end(exc if isinstance(exc, Exception) else CLIENT_GONE)
+            await tap.end(exc if isinstance(exc, Exception) else CLIENT_GONE)
             raise
-        return await relay(response, extra + [(CACHE_HEADER, b"miss")], dialect, record, record.tap)
+        return await relay(response, extra + [(CACHE_HEADER, b"miss")], dialect, record, tap)
 
     async def _prepare(self, request: Incoming, raw: bytes, body: dict, dialect: str,
                        upstream: Upstream) -> ChatRequest:
@@ -248,9 +258,9 @@ class Gateway:
         return await relay(response, [], stream_error_dialect=None, record=record)
 
 
-def _followed(record: RequestRecord) -> bool:
+def _followed(opened: OpenTap) -> bool:
     """Whether coalesced followers wait for the answer this request fetches."""
-    broadcast = getattr(record.tap, "broadcast", None)
+    broadcast = getattr(opened.tap, "broadcast", None)
     return broadcast is not None and broadcast.followers > 0 and not broadcast.closed
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 
 from .config import Config, ConfigError, load_config
-from .metrics import Metrics
+from .observability.metrics import Metrics
 
 log = logging.getLogger("ctxwarden.reload")
 

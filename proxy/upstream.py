@@ -16,7 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from .config import ServerSettings, Upstream
 from .dialects import get_dialect
 from .errors import BadPath, UpstreamTimeout, UpstreamUnavailable
-from .records import RequestRecord
+from .observability.record import RequestRecord
 from .routing import Target
 
 log = logging.getLogger("ctxwarden.upstream")

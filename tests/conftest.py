@@ -23,6 +23,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Iterator
 
+import httpx
 import pytest
 
 # The real redis-server fixtures (redis_server, redis_url, own_redis).
@@ -137,8 +138,7 @@ def small_body_proxy_url(fake_upstream_server: ServedFake) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def http(proxy_url: str) -> Iterator["httpx.Client"]:
-    import httpx
+def http(proxy_url: str) -> Iterator[httpx.Client]:
 
     with httpx.Client(base_url=proxy_url, timeout=15) as client:
         yield client

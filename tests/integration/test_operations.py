@@ -3,12 +3,15 @@ admin token, hot reload, request logs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -155,29 +158,39 @@ def _wait_for(condition, timeout: float = 10.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-@pytest.fixture
-def served_cli(tmp_path, fake_upstream_server):
-    """`ctxwarden serve` as a subprocess with a config file; yields (url, path, process)."""
-    path = tmp_path / "performance.xml"
-    path.write_text(_config(fake_upstream_server.url).replace('reload_interval="0.2"', 'reload_interval="0"'))
+@contextlib.contextmanager
+def _cli(path: Path, *extra_args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`ctxwarden serve --config PATH` as a subprocess; yields (url, process)."""
     port = free_port()
-    proc = subprocess.Popen(ctxwarden_command() + ["serve", "--config", str(path), "--port", str(port)],
+    proc = subprocess.Popen(ctxwarden_command() + ["serve", "--config", str(path), "--port", str(port), *extra_args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "CTXW_TEST_ANTHROPIC_KEY": "sk-ant-secret-value"})
     try:
         wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}", path, proc
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
 
 
+def _sighup_config(upstream_url: str, *, budget: int = 200000, extra: str = "") -> str:
+    return _config(upstream_url, budget=budget, extra=extra).replace('reload_interval="0.2"', 'reload_interval="0"')
+
+
+@pytest.fixture
+def served_cli(tmp_path, fake_upstream_server):
+    """`ctxwarden serve` as a subprocess with a config file; yields (url, path, process)."""
+    path = tmp_path / "performance.xml"
+    path.write_text(_sighup_config(fake_upstream_server.url))
+    with _cli(path) as (url, proc):
+        yield url, path, proc
+
+
 def test_sighup_reloads_and_logs_are_json_without_secrets(served_cli, fake_upstream_server):
     url, path, proc = served_cli
     assert _chat(url, authorization="Bearer sk-client-secret").status_code == 200
-    path.write_text(_config(fake_upstream_server.url, budget=4000).replace('reload_interval="0.2"',
-                                                                          'reload_interval="0"'))
+    path.write_text(_sighup_config(fake_upstream_server.url, budget=4000))
     proc.send_signal(signal.SIGHUP)
     _wait_for(lambda: httpx.get(url + "/_ctxwarden/config").json()["token_management"]["budget"] == 4000)
     proc.send_signal(signal.SIGTERM)
@@ -190,6 +203,41 @@ def test_sighup_reloads_and_logs_are_json_without_secrets(served_cli, fake_upstr
     everything = json.dumps(lines)
     assert "sk-client-secret" not in everything and "sk-ant-secret-value" not in everything
     assert "hello" not in everything, "no message content in logs"
+
+
+def _reload_and_stop(url: str, path: Path, proc: subprocess.Popen, xml: str) -> list[str]:
+    """Answer a chat, reload `xml` on SIGHUP, answer another, stop; the server's log lines."""
+    assert _chat(url).status_code == 200
+    path.write_text(xml)
+    proc.send_signal(signal.SIGHUP)
+    _wait_for(lambda: httpx.get(url + "/_ctxwarden/config").json()["token_management"]["budget"] == 4000)
+    assert _chat(url).status_code == 200
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    return proc.stderr.read().splitlines()
+
+
+def test_a_reload_applies_the_log_format_and_level(served_cli, fake_upstream_server):
+    url, path, proc = served_cli
+    lines = _reload_and_stop(url, path, proc, _sighup_config(
+        fake_upstream_server.url, budget=4000, extra='<logging level="warning" format="text"/>'))
+    before = [json.loads(line) for line in lines if line.startswith("{")]
+    after = [line for line in lines if not line.startswith("{")]
+    assert [line["route"] for line in before if line["logger"] == "ctxwarden.request"] == ["chat_completions"]
+    assert [line for line in after if "ctxwarden.request: request" in line], "request lines, now as text"
+    assert not [line for line in after if " INFO " in line and "ctxwarden.request" not in line], \
+        "no info lines but request lines under level warning, uvicorn's included"
+    assert not any("config reloaded" in line for line in lines), "logged at info, after the new level applied"
+
+
+def test_log_level_flag_outlasts_a_reload(tmp_path, fake_upstream_server):
+    path = tmp_path / "performance.xml"
+    path.write_text(_sighup_config(fake_upstream_server.url))
+    with _cli(path, "--log-level", "info") as (url, proc):
+        lines = _reload_and_stop(url, path, proc, _sighup_config(
+            fake_upstream_server.url, budget=4000, extra='<logging level="error"/>'))
+    reloaded = [json.loads(line) for line in lines if "config reloaded" in line]
+    assert reloaded and reloaded[0]["level"] == "info"
 
 
 def test_sigterm_lets_an_in_flight_stream_finish(served_cli, upstream):

@@ -7,16 +7,26 @@ from clients."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from .records import RequestRecord
+from ..cache.backend import CacheBackend
+from .record import RequestRecord
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1, 2.5, 5, 10, 30, 60, 120, 300)
 REWRITE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5)
+
+
+class Gate(Protocol):
+    """What the metrics read of the upstream gate."""
+
+    def snapshot(self) -> dict[str, int | float]: ...
 
 
 class Metrics:
@@ -53,9 +63,9 @@ class Metrics:
                                        ["upstream", "kind"], registry=r)
         self.in_flight = Gauge("ctxwarden_requests_in_flight", "Requests being answered", registry=r)
         self.parallel_tasks = Gauge("ctxwarden_parallel_tasks_in_flight", "Parallel tasks running", registry=r)
-        self._cache_backends: list = []
+        self._cache_backends: list[CacheBackend] = []
         r.register(_CacheBackendCollector(self._cache_backends))
-        self._gates: list = []
+        self._gates: list[Gate] = []
         r.register(_GateCollector(self._gates))
         self.config_reloads = Counter("ctxwarden_config_reloads", "Config reload attempts", ["result"], registry=r)
         self.config_last_reload_ok = Gauge("ctxwarden_config_last_reload_successful",
@@ -80,11 +90,11 @@ class Metrics:
                 self.cost_passthrough.labels(record.dialect).inc(record.cost_passthrough)
             self.rewrite_seconds.labels(record.dialect).observe(record.rewrite_seconds)
 
-    def watch_cache_backend(self, backend) -> None:
+    def watch_cache_backend(self, backend: CacheBackend) -> None:
         """Export a cache backend's own failure count (Redis keeps one)."""
         self._cache_backends.append(backend)
 
-    def watch_gate(self, gate) -> None:
+    def watch_gate(self, gate: Gate) -> None:
         """Export the upstream gate's slots in use and waiting, by kind."""
         self._gates.append(gate)
 
@@ -93,10 +103,10 @@ class Metrics:
 
 
 class _CacheBackendCollector(Collector):
-    def __init__(self, backends: list):
+    def __init__(self, backends: list[CacheBackend]) -> None:
         self._backends = backends
 
-    def collect(self):
+    def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily("ctxwarden_cache_backend_failures", "Cache backend operations that failed",
                                      labels=["backend"])
         for backend in self._backends:
@@ -105,10 +115,10 @@ class _CacheBackendCollector(Collector):
 
 
 class _GateCollector(Collector):
-    def __init__(self, gates: list):
+    def __init__(self, gates: list[Gate]) -> None:
         self._gates = gates
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         in_use = GaugeMetricFamily("ctxwarden_upstream_slots_in_use", "Upstream gate slots held", labels=["kind"])
         waiting = GaugeMetricFamily("ctxwarden_upstream_slots_waiting", "Callers queued for an upstream slot",
                                     labels=["kind"])

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from .records import RequestRecord
+from .record import RequestRecord
 
 SERIES_SECONDS = 300
 LATENCY_WINDOW = 2000
@@ -25,9 +25,10 @@ class _Second:
 
 
 class LiveStats:
-    def __init__(self, clock=time.time) -> None:
-        self._clock = clock
-        self.started = clock()
+    """Fed every finished request's record; read by /_ctxwarden/stats."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
         self.requests = 0
         self.upstream_errors = 0
         self.tokens_before = 0
@@ -38,7 +39,7 @@ class LiveStats:
         self.cache_misses = 0
         self._seconds: deque[_Second] = deque(maxlen=SERIES_SECONDS)
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._rewrites: deque[dict] = deque(maxlen=RECENT_REWRITES)
+        self._rewrites: deque[dict[str, object]] = deque(maxlen=RECENT_REWRITES)
 
     def _second(self, now: float) -> _Second:
         t = int(now)
@@ -47,7 +48,7 @@ class LiveStats:
         return self._seconds[-1]
 
     def observe(self, record: RequestRecord) -> None:
-        now = self._clock()
+        now = time.time()
         second = self._second(now)
         second.requests += 1
         self.requests += 1
@@ -74,8 +75,8 @@ class LiveStats:
                 "cost_passthrough": record.cost_passthrough, "status": record.status,
             })
 
-    def snapshot(self) -> dict:
-        now = self._clock()
+    def snapshot(self) -> dict[str, object]:
+        now = time.time()
         latencies = sorted(self._latencies)
         recent = [s for s in self._seconds if s.t > now - RATE_WINDOW_SECONDS - 1 and s.t < int(now)]
         cached = self.cache_hits + self.cache_misses

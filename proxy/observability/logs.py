@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 
-from .records import RequestRecord
+from ..config import LoggingSettings
+from .record import RequestRecord
 
 request_log = logging.getLogger("ctxwarden.request")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,14 +33,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-def configure_logging(level: str = "info", json_lines: bool = True, requests: bool = True) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if json_lines else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    request_log.setLevel(logging.INFO if requests else logging.WARNING)
+@dataclass
+class _Ownership:
+    """Set by configure_logging. Only a process whose logging is ours (`serve`)
+    has it changed by a reload: an app that embeds the proxy, tests among
+    them, keeps its own handlers and levels."""
+
+    handler: logging.Handler | None = None
+    level: str | None = None  # --log-level's, which wins over every config's
+
+
+_ours = _Ownership()
+
+
+def configure_logging(settings: LoggingSettings, level: str | None = None) -> None:
+    """Make the process's logging ours: one handler on stderr, set up as
+    `settings` say, with `level` (when given) instead of theirs, now and on
+    every reload."""
+    _ours.handler, _ours.level = logging.StreamHandler(), level
+    logging.getLogger().handlers[:] = [_ours.handler]
+    _apply(settings)
+
+
+def reapply_logging(settings: LoggingSettings) -> None:
+    """A reloaded config's <logging>, where configure_logging made the
+    process's logging ours."""
+    if _ours.handler is not None:
+        _apply(settings)
+
+
+def _apply(settings: LoggingSettings) -> None:
+    assert _ours.handler is not None
+    _ours.handler.setFormatter(JsonFormatter() if settings.format == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.getLogger().setLevel((_ours.level or settings.level).upper())
+    request_log.setLevel(logging.INFO if settings.requests else logging.WARNING)
 
 
 def log_request(record: RequestRecord) -> None:

@@ -1,16 +1,17 @@
-"""What one request did, filled in along its way and handed to the metrics,
-the live stats and the request log when its response has been sent."""
+"""What one request did: plain data, filled in along the request's way and
+read by the metrics, the live stats and the request log once it is finished.
+It holds no live objects (no cache tap, no connection), so nothing a sink
+keeps of it can keep a request's resources alive."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass
 class RequestRecord:
-    route: str                      # chat_completions | messages | forward | admin
+    route: str                      # chat_completions | messages | forward | parallel_task
     method: str
     path: str
     dialect: str = ""
@@ -29,17 +30,10 @@ class RequestRecord:
     rewrite_seconds: float = 0.0
     upstream_seconds: float = 0.0   # until the upstream's response headers
     overhead_seconds: float = 0.0   # in the proxy before the upstream call
-    total_seconds: float = 0.0
-    tap: Any = None                 # the cache tap of a cached miss, ended when the response is done
+    total_seconds: float = 0.0      # set by finish()
 
     def finish(self) -> None:
         self.total_seconds = time.perf_counter() - self.started
-
-    @property
-    def cost_saved(self) -> float:
-        if self.cost_sent is None or self.cost_passthrough is None:
-            return 0.0
-        return self.cost_passthrough - self.cost_sent
 
     @property
     def tokens_saved(self) -> int:
