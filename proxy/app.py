@@ -21,11 +21,12 @@ from .caching import ResponseCache, make_backend
 from .chat import explain_request
 from .config import Config, ConfigError, load_config, package_file
 from .errors import BadRequest, ProxyError, Unauthorized, error_response
-from .fanout import run_parallel
-from .gate import UpstreamGate
 from .gateway import Gateway, read_body
 from .logs import configure_logging
-from .parallel import parse_task_graph, summarize
+from .parallel.endpoint import run_parallel
+from .parallel.gate import UpstreamGate
+from .parallel.graph import parse_task_graph
+from .parallel.results import summarize
 from .wirejson import parse_json
 from .reload import ConfigReloader
 from .routing import dialect_of

@@ -30,7 +30,7 @@ from .chat import ChatRequest, manages, parse_chat_body, prepare_chat
 from .config import Config, Upstream
 from .errors import (BodyTimeout, ClientClosed, NoSlot, NotFound, PayloadTooLarge, ProxyError,
                      UpstreamTimeout, UpstreamUnavailable, error_response)
-from .gate import UpstreamGate
+from .parallel.gate import UpstreamGate
 from .pipeline import conversation_keys
 from .records import RequestRecord
 from .routing import Routes, Target, chat_dialect, check_path, dialect_of
