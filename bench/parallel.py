@@ -1,4 +1,4 @@
-"""Benchmark of the parallel executor (proxy/parallel.py) over real HTTP.
+"""Benchmark of the parallel executor (proxy/parallel/) over real HTTP.
 
     python bench/parallel.py [--delay 0.2] [--sizes 8,32,128] [--workers 4,16,64]
                              [--repeats N] [--overhead-tasks 10000] [--skip-gate] [--in-process]
@@ -46,8 +46,10 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
-from ctxwarden.gate import UpstreamGate  # noqa: E402
-from ctxwarden.parallel import Task, TaskAnswer, parse_task_graph, run_task_graph  # noqa: E402
+from ctxwarden.parallel.answers import TaskAnswer  # noqa: E402
+from ctxwarden.parallel.executor import run_task_graph  # noqa: E402
+from ctxwarden.parallel.gate import UpstreamGate  # noqa: E402
+from ctxwarden.parallel.graph import Task, parse_task_graph  # noqa: E402
 from tests.fake_upstream import create_fake_upstream  # noqa: E402
 from tests.servers import free_port, serve_app, wait_for_port  # noqa: E402
 
@@ -210,8 +212,11 @@ async def gate_section(url: str, delay: float) -> None:
 
         async def interactive() -> float:
             t = time.perf_counter()
-            async with gate.interactive():
+            await gate.acquire("interactive")
+            try:
                 ans = await post(Task("i", {}), {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+            finally:
+                gate.release("interactive")
             assert ans.status == 200
             return time.perf_counter() - t
 
@@ -226,7 +231,7 @@ async def gate_section(url: str, delay: float) -> None:
         busy = []
         peak_fanout = 0
         while not run.done():
-            peak_fanout = max(peak_fanout, gate.fanout_in_use)
+            peak_fanout = max(peak_fanout, gate.snapshot()["fanout_in_use"])
             busy.append(await interactive())
         t_results = await run
         assert all(r.ok for r in t_results)

@@ -137,8 +137,8 @@ def _run_parallel(args: argparse.Namespace) -> int:
     import anyio
 
     from .app import Proxy
-    from .fanout import run_parallel
-    from .parallel import parse_task_graph
+    from .parallel.endpoint import run_parallel
+    from .parallel.graph import parse_task_graph
 
     config, graph = _load_inputs(
         args, lambda raw, config: parse_task_graph(json.loads(raw), config.parallel_execution.max_tasks))

@@ -22,12 +22,13 @@ from .chat import explain_request
 from .config import Config, ConfigError, load_config, package_file
 from .dialects import DIALECTS, Dialect, dialect_for
 from .errors import BadRequest, ProxyError, Unauthorized, error_response
-from .fanout import run_parallel
-from .gate import UpstreamGate
 from .gateway import Gateway, read_body
 from .observability import Telemetry
 from .observability.logs import configure_logging, reapply_logging
-from .parallel import parse_task_graph, summarize
+from .parallel.endpoint import run_parallel
+from .parallel.gate import UpstreamGate
+from .parallel.graph import parse_task_graph
+from .parallel.results import summarize
 from .wirejson import parse_json
 from .reload import ConfigReloader
 from .tokens import get_encoding

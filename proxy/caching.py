@@ -53,7 +53,7 @@ from .cache import (
 )
 from .cache.coalesce import Broadcast
 from .config import CacheSettings
-from .dialects import get_dialect
+from .dialects import ANSWER_HEADERS, get_dialect
 from .errors import ProxyError, UpstreamUnavailable
 from .pipeline import ConversationState
 
@@ -89,7 +89,7 @@ def request_policy(settings: CacheSettings, upstream: str, path: str, body: dict
     if not settings.enabled or "no-store" in directives or not is_cacheable_request(body, settings.cache_sampled):
         return CachePolicy(None, False, stream, include_usage)
     key = response_cache_key(upstream, path, body, credential_fingerprint(headers, query=query),
-                             extra=answer_headers(headers), query=query)
+                             extra=answer_headers(headers, ANSWER_HEADERS), query=query)
     return CachePolicy(key, "no-cache" not in directives, stream, include_usage, accepted_encodings(headers))
 
 

@@ -31,9 +31,9 @@ from .config import Config, Upstream
 from .dialects import chat_dialect, dialect_for, get_dialect
 from .errors import (BodyTimeout, ClientClosed, NoSlot, NotFound, PayloadTooLarge, ProxyError,
                      UpstreamTimeout, UpstreamUnavailable, error_response)
-from .gate import UpstreamGate
 from .observability import Telemetry
 from .observability.record import RequestRecord
+from .parallel.gate import UpstreamGate
 from .pipeline import conversation_keys
 from .routing import Routes, Target, check_path
 from .upstream import CLIENT_GONE, UpstreamClient, relay

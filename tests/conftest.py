@@ -139,7 +139,6 @@ def small_body_proxy_url(fake_upstream_server: ServedFake) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def http(proxy_url: str) -> Iterator[httpx.Client]:
-
     with httpx.Client(base_url=proxy_url, timeout=15) as client:
         yield client
 

@@ -63,8 +63,8 @@ Response cache key
     ``ensure_ascii=False``. Every other field is in it: model, messages, tools,
     tool_choice, response_format, temperature, seed, max tokens, metadata, n, ...
     ``extra`` carries request *headers* that change the answer (see
-    :func:`answer_headers`: ``anthropic-version``, ``anthropic-beta``,
-    ``openai-beta``); it is ``{}`` when not given.
+    :func:`answer_headers`, e.g. a provider's API version or beta flags); it
+    is ``{}`` when not given.
 """
 
 from __future__ import annotations
@@ -79,7 +79,6 @@ from urllib.parse import unquote_to_bytes
 
 __all__ = [
     "ANONYMOUS",
-    "ANSWER_HEADERS",
     "CREDENTIAL_HEADERS",
     "CREDENTIAL_QUERY_NAMES",
     "CREDENTIAL_WORDS",
@@ -112,9 +111,6 @@ NOT_CREDENTIALS: frozenset[bytes] = frozenset({b"idempotency-key"})
 #: Query parameter names that carry a credential without saying so.
 CREDENTIAL_QUERY_NAMES: frozenset[bytes] = frozenset({b"sig", b"code"})
 
-#: Request headers that change the *answer* (its shape or features), so that they
-#: belong in the response key next to the body.
-ANSWER_HEADERS: frozenset[bytes] = frozenset({b"anthropic-version", b"anthropic-beta", b"openai-beta"})
 
 SALT_ENV = "CTXWARDEN_CACHE_SALT"
 
@@ -211,15 +207,16 @@ def credential_fingerprint(
     return hmac.new(key, material, hashlib.sha256).hexdigest()
 
 
-def answer_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The request headers that change the answer, for ``response_cache_key(extra=...)``.
+def answer_headers(headers: Iterable[tuple[bytes, bytes]], names: frozenset[bytes]) -> dict[str, str]:
+    """The request headers among ``names`` (those that change the answer: the
+    dialects' ``answer_headers``), for ``response_cache_key(extra=...)``.
 
     Names lower-cased; repeated headers joined with ``,`` in arrival order.
     """
     out: dict[str, list[str]] = {}
     for name, value in headers:
         lname = name.lower()
-        if lname in ANSWER_HEADERS:
+        if lname in names:
             out.setdefault(lname.decode("latin-1"), []).append(value.strip().decode("latin-1"))
     return {k: ",".join(v) for k, v in out.items()}
 

@@ -33,20 +33,12 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..dialects.base import SSEEvent, dumps
+
 if TYPE_CHECKING:
     from ..dialects import Dialect
 
-SSEEvent = tuple[str | None, str]  # (event name or None, data)
-
 _EOL = re.compile(rb"\r\n|\r|\n")
-
-
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-class StreamInvalid(Exception):
-    """The stream cannot be turned into an answer (raised by a dialect's assembly)."""
 
 
 # --------------------------------------------------------------------------- parsing

@@ -18,6 +18,8 @@ __all__ = ["DIALECTS", "Dialect", "Message", "chat_dialect", "dialect_for", "get
 #: by name, the config's upstream/@dialect; the first is the default
 DIALECTS: dict[str, Dialect] = {openai.name: openai, anthropic.name: anthropic}
 DEFAULT: Dialect = openai
+#: request headers that change the answer, in any dialect (part of the response cache key)
+ANSWER_HEADERS: frozenset[bytes] = frozenset().union(*(d.answer_headers for d in DIALECTS.values()))
 
 
 def get_dialect(name: str) -> Dialect:

@@ -10,6 +10,7 @@ by name, by path or by the headers its SDK sends.  Nothing outside
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,6 +20,15 @@ if TYPE_CHECKING:
 
 SSEEvent = tuple[str | None, str]   # (event name or None, data)
 Path = tuple                        # tuple[str | int, ...]: keys from a wire message to a text leaf
+
+
+class StreamInvalid(Exception):
+    """A stream cannot be turned into an answer (raised inside a dialect's assembly)."""
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact UTF-8 JSON, as streams carry it."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,8 @@ class Dialect(Protocol):
     sdk_key_env: str                 # where the provider's SDK reads its key
     default_pricing: Pricing         # how the provider bills input with its prompt cache
     hint_fields: frozenset[str]      # top-level fields the cache hints may add
+    answer_headers: frozenset[bytes]  # request headers that change the answer (part of the cache key)
+    required_headers: tuple[tuple[bytes, bytes], ...]   # what a request must carry (added when absent)
 
     # --- requests
     def owns_path(self, path: str) -> bool:

@@ -274,7 +274,7 @@ class HeldUpstream:
 def test_runs_per_tenant_are_capped_with_a_429(monkeypatch):
     """Point 3: one credential may have MAX_RUNS_PER_TENANT runs at once; one
     more is a 429 in the OpenAI shape with Retry-After, and sends nothing."""
-    from ctxwarden.fanout import MAX_RUNS_PER_TENANT, RETRY_AFTER_SECONDS
+    from ctxwarden.parallel.tenants import MAX_RUNS_PER_TENANT, RETRY_AFTER_SECONDS
 
     held = HeldUpstream()
     app = Starlette(routes=[Route("/v1/chat/completions", held.chat, methods=["POST"])])
@@ -313,7 +313,7 @@ def test_client_leaving_cancels_the_run(fake_upstream_server, upstream):
 </performance_optimization>"""
     from ctxwarden.app import create_app
     from ctxwarden.config import parse_config
-    from ctxwarden.fanout import tenant_limits
+    from ctxwarden.parallel.tenants import tenant_limits
 
     app = create_app(parse_config(xml))
     body = json.dumps({"tasks": [_task(f"t{i}", f"leaving {i}") for i in range(200)]}).encode()
@@ -327,7 +327,7 @@ def test_client_leaving_cancels_the_run(fake_upstream_server, upstream):
         # the client is gone: the run must wind down, its upstream slots come back
         proxy = app.state.proxy
         deadline = time.monotonic() + 10
-        while proxy.gate.fanout_in_use or len(tenant_limits(proxy.gate)):
+        while proxy.gate.snapshot()["fanout_in_use"] or len(tenant_limits(proxy.gate)):
             assert time.monotonic() < deadline, "the run kept going after its client left"
             time.sleep(0.02)
         calls = len(upstream.recorder)

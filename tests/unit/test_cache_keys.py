@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from ctxwarden.dialects import ANSWER_HEADERS
 from ctxwarden.cache.keys import (
     ANONYMOUS,
     accepted_encodings,
@@ -164,7 +165,7 @@ def test_answer_headers_pick() -> None:
         (b"authorization", b"Bearer x"),
         (b"OpenAI-Beta", b"assistants=v2"),
     ]
-    assert answer_headers(headers) == {
+    assert answer_headers(headers, ANSWER_HEADERS) == {
         "anthropic-version": "2023-06-01",
         "anthropic-beta": "a,b",
         "openai-beta": "assistants=v2",

@@ -1,4 +1,4 @@
-"""The task-graph executor (proxy/parallel.py): parsing, placeholders, running."""
+"""The task-graph executor (proxy/parallel/): parsing, placeholders, running."""
 
 from __future__ import annotations
 
@@ -8,17 +8,12 @@ from typing import Any
 
 import pytest
 
-from ctxwarden.parallel import (
-    Task,
-    TaskAnswer,
-    TaskGraphError,
-    TaskResult,
-    answer_text,
-    fill_placeholders,
-    parse_task_graph,
-    run_task_graph,
-    summarize,
-)
+from ctxwarden.parallel.answers import TaskAnswer, answer_text
+from ctxwarden.parallel.executor import run_task_graph
+from ctxwarden.parallel.gate import UpstreamGate
+from ctxwarden.parallel.graph import Task, TaskGraphError, parse_task_graph
+from ctxwarden.parallel.results import TaskResult, summarize
+from ctxwarden.parallel.templates import fill_placeholders
 
 # --------------------------------------------------------------------------- helpers
 
@@ -37,6 +32,10 @@ def task(tid: str, text: str = "hi", deps: list[str] | None = None, **extra: Any
 
 def graph(*tasks: dict, max_tasks: int = 100):
     return parse_task_graph({"tasks": list(tasks)}, max_tasks)
+
+
+def filled(task: Task, answers: dict[str, str]) -> dict:
+    return fill_placeholders(task.request, task.template, answers)
 
 
 def openai_answer(text: str) -> dict:
@@ -112,15 +111,13 @@ def test_parse_keeps_request_untouched() -> None:
     req = chat("hi", temperature=0.3, tools=[{"type": "function", "function": {"name": "f"}}], x_unknown={"a": 1})
     g = parse_task_graph({"tasks": [{"id": "a", "request": req}]}, 10)
     assert g.by_id["a"].request is req
-    assert fill_placeholders(g.by_id["a"], {}) == req
+    assert filled(g.by_id["a"], {}) == req
 
 
-def test_extra_fields_allowed_when_declared() -> None:
-    body = {"tasks": [task("a", timeout=5)]}
-    with pytest.raises(TaskGraphError, match="unknown field \"timeout\""):
-        parse_task_graph(body, 10)
-    g = parse_task_graph(body, 10, extra_fields=("timeout",))
-    assert g.by_id["a"].extra == {"timeout": 5}
+def test_unknown_field_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(TaskGraphError, match="unknown field \"timeout\" \\(a task has depends_on, id, request, "
+                                             "upstream_path\\)"):
+        parse_task_graph({"tasks": [task("a", timeout=5)]}, 10)
 
 
 BAD_BODIES = [
@@ -206,7 +203,7 @@ def test_placeholders_elsewhere_are_not_placeholders() -> None:
     ]}
     g = parse_task_graph({"tasks": [{"id": "a", "request": req}]}, 10)
     assert g.by_id["a"].placeholders == frozenset()
-    assert fill_placeholders(g.by_id["a"], {}) == req
+    assert filled(g.by_id["a"], {}) == req
 
 
 def test_transitive_dependency_placeholder_allowed() -> None:
@@ -217,7 +214,7 @@ def test_transitive_dependency_placeholder_allowed() -> None:
 def test_literal_braces_need_no_escape_unless_placeholder_shaped() -> None:
     g = graph(task("a", "jinja {{ name }} and {{ a.b }} and {{ and }} and x}} and {{{{zz}}"))
     assert g.by_id["a"].placeholders == frozenset()
-    body = fill_placeholders(g.by_id["a"], {})
+    body = filled(g.by_id["a"], {})
     assert body["messages"][0]["content"] == "jinja {{ name }} and {{ a.b }} and {{ and }} and x}} and {{zz}}"
 
 
@@ -236,7 +233,7 @@ def test_fill_placeholders_every_text_position() -> None:
     g = parse_task_graph({"tasks": [task("a"), task("b"), {"id": "c", "request": req, "depends_on": ["a", "b"]}]}, 10)
     c = g.by_id["c"]
     original = json.dumps(req, sort_keys=True)
-    out = fill_placeholders(c, {"a": "ALPHA {{b}}", "b": "beta"})
+    out = filled(c, {"a": "ALPHA {{b}}", "b": "beta"})
     assert json.dumps(req, sort_keys=True) == original  # input never modified
     m = out["messages"]
     # inserted text is not re-scanned; {{{{ is a literal {{; a third brace stays literal
@@ -482,15 +479,13 @@ async def test_a_run_of_thousands_of_tasks_completes() -> None:
 
 
 async def test_with_gate_fanout_share_bounds_concurrency_across_runs() -> None:
-    from ctxwarden.gate import UpstreamGate
-
     gate = UpstreamGate(10, 0.5)  # fan-out share 5
     peak = 0
 
     async def run_one(task: Task, body: dict) -> TaskAnswer:
         nonlocal peak
         async with gate.fanout():
-            peak = max(peak, gate.fanout_in_use)
+            peak = max(peak, gate.snapshot()["fanout_in_use"])
             await asyncio.sleep(0.005)
             return TaskAnswer(200, openai_answer("x"))
 
@@ -499,4 +494,4 @@ async def test_with_gate_fanout_share_bounds_concurrency_across_runs() -> None:
     r1, r2 = await asyncio.gather(run_task_graph(g1, run_one, max_workers=4, task_timeout=5),
                                   run_task_graph(g2, run_one, max_workers=4, task_timeout=5))
     assert all(r.ok for r in r1 + r2)
-    assert peak == 5 and gate.in_use == 0
+    assert peak == 5 and gate.snapshot()["in_use"] == 0

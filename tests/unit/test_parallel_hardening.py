@@ -14,31 +14,22 @@ from typing import Any
 
 import pytest
 
-import ctxwarden.parallel as parallel
 from ctxwarden.dialects import get_dialect
 from ctxwarden.config import ParallelExecution
 from ctxwarden.errors import ClientClosed, error_response
-from ctxwarden.fanout import (
+from ctxwarden.parallel import answers, executor
+from ctxwarden.parallel.answers import AnswerUnreadable, TaskAnswer, answer_text, decode_content
+from ctxwarden.parallel.endpoint import run_parallel, task_headers
+from ctxwarden.parallel.executor import run_task_graph
+from ctxwarden.parallel.gate import UpstreamGate
+from ctxwarden.parallel.graph import Task, parse_task_graph
+from ctxwarden.parallel.templates import fill_placeholders, filled_size, json_string_size, request_size
+from ctxwarden.parallel.tenants import (
     MAX_RUNS_PER_TENANT,
     RETRY_AFTER_SECONDS,
     TenantLimits,
     TooManyRuns,
-    run_parallel,
-    task_headers,
     tenant_limits,
-)
-from ctxwarden.gate import UpstreamGate
-from ctxwarden.parallel import (
-    AnswerUnreadable,
-    Task,
-    TaskAnswer,
-    decode_content,
-    fill_placeholders,
-    filled_size,
-    json_string_size,
-    parse_task_graph,
-    request_size,
-    run_task_graph,
 )
 
 
@@ -75,8 +66,8 @@ def test_filled_size_is_the_serialized_size_of_the_filled_request(content) -> No
               {"id": "c", "request": chat("3")}, raw)
     task = g.by_id["t"]
     sizes = {k: json_string_size(v) for k, v in ANSWERS.items()}
-    expected = len(json.dumps(fill_placeholders(task, ANSWERS), ensure_ascii=False).encode())
-    assert filled_size(task, sizes) == expected
+    expected = len(json.dumps(fill_placeholders(task.request, task.template, ANSWERS), ensure_ascii=False).encode())
+    assert filled_size(task.request, task.template, sizes) == expected
     assert request_size(task.request) == len(json.dumps(task.request, ensure_ascii=False).encode())
 
 
@@ -100,13 +91,14 @@ async def test_placeholder_bomb_fails_before_the_body_is_built_and_nothing_is_se
               {"id": "after", "request": chat("{{bomb}}"), "depends_on": ["bomb"]},
               {"id": "fine", "request": chat("short: {{a}}"), "depends_on": ["a"]})
     filled: list[str] = []
-    real_fill = parallel.fill_placeholders
+    real_fill = executor.fill_placeholders
+    ids = {id(t.request): t.id for t in g}
 
-    def spy(task, answers):
-        filled.append(task.id)
-        return real_fill(task, answers)
+    def spy(request, template, answers):
+        filled.append(ids[id(request)])
+        return real_fill(request, template, answers)
 
-    monkeypatch.setattr(parallel, "fill_placeholders", spy)
+    monkeypatch.setattr(executor, "fill_placeholders", spy)
     calls = Calls("x" * 1000)
     results = {r.id: r for r in await run_task_graph(g, calls, max_workers=4, task_timeout=None,
                                                      max_body_bytes=limit)}
@@ -122,7 +114,8 @@ async def test_placeholder_bomb_fails_before_the_body_is_built_and_nothing_is_se
 async def test_size_limit_is_inclusive() -> None:
     g = graph({"id": "a", "request": chat("seed")},
               {"id": "b", "request": chat("say {{a}}"), "depends_on": ["a"]})
-    size = filled_size(g.by_id["b"], {"a": json_string_size("answer")})
+    b = g.by_id["b"]
+    size = filled_size(b.request, b.template, {"a": json_string_size("answer")})
     for limit, status in ((size, "ok"), (size - 1, "error")):
         calls = Calls("answer")
         results = await run_task_graph(g, calls, max_workers=1, task_timeout=None, max_body_bytes=limit)
@@ -156,7 +149,7 @@ BODY = json.dumps(openai_answer("compressed answer")).encode()
 def test_answers_are_decoded_whatever_their_encoding(encoding, data) -> None:
     headers = {"Content-Encoding": encoding} if encoding else {}
     answer = TaskAnswer.from_http(200, data, headers)
-    assert answer.error is None and parallel.answer_text(answer.body) == "compressed answer"
+    assert answer.error is None and answer_text(answer.body) == "compressed answer"
     assert decode_content(data, encoding) == BODY
 
 
@@ -175,7 +168,7 @@ def test_decompression_is_bounded() -> None:
     ("gzip", b"not gzip at all", "gzip"),
 ])
 def test_unreadable_answers_fail_the_task_instead_of_ok_with_no_answer(encoding, data, words) -> None:
-    if encoding == "br" and parallel._brotli is not None:  # pragma: no cover - depends on the env
+    if encoding == "br" and answers._brotli is not None:  # pragma: no cover - depends on the env
         pytest.skip("brotli installed")
     answer = TaskAnswer.from_http(200, data, {"content-encoding": encoding})
     assert answer.body is None and words in answer.error
@@ -305,7 +298,7 @@ async def test_fifth_run_of_a_tenant_is_refused_before_anything_is_sent() -> Non
         for h in held:
             h.cancel()
         await asyncio.gather(*held, return_exceptions=True)
-    assert len(tenant_limits(gate)) == 0 and gate.in_use == 0
+    assert len(tenant_limits(gate)) == 0 and gate.snapshot()["in_use"] == 0
 
 
 class Disconnecting:
@@ -329,7 +322,7 @@ async def test_client_leaving_cancels_the_run() -> None:
     with pytest.raises(ClientClosed):
         await asyncio.wait_for(run, 10)
     assert gw.calls == 4 and gw.cancelled == 4 and gw.in_flight == 0
-    assert gate.in_use == 0 and len(tenant_limits(gate)) == 0
+    assert gate.snapshot()["in_use"] == 0 and len(tenant_limits(gate)) == 0
 
 
 async def test_run_that_ends_first_stops_watching_the_client() -> None:

@@ -8,7 +8,9 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctxwarden.parallel import Task, TaskAnswer, TaskGraphError, parse_task_graph, run_task_graph
+from ctxwarden.parallel.answers import TaskAnswer
+from ctxwarden.parallel.executor import run_task_graph
+from ctxwarden.parallel.graph import Task, TaskGraphError, parse_task_graph
 
 OUTCOMES = ["ok", "ok", "ok", "slow_ok", "status", "raise", "hang"]
 TIMEOUT = 0.03

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from ...cache.sse import SSEEvent, StreamInvalid, dumps
+from ..base import SSEEvent, StreamInvalid, dumps
 
 
 _TOOL_INPUT_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})

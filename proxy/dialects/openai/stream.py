@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from ...cache.sse import SSEEvent, StreamInvalid, dumps
+from ..base import SSEEvent, StreamInvalid, dumps
 
 
 # string fields that name or tag something: a repeat replaces (or is dropped), never appends

@@ -5,26 +5,23 @@ match the shared httpx client's ``max_connections``). Two kinds of caller take
 slots from it:
 
 * interactive requests (a client's own chat call) may use all ``pool_size``
-  slots;
+  slots: ``await gate.acquire("interactive")`` right before the upstream call,
+  ``gate.release("interactive")`` once the response has been sent;
 * parallel fan-out (tasks of ``POST /_ctxwarden/parallel`` and
-  ``ctxwarden run-parallel``) may hold at most
+  ``ctxwarden run-parallel``), ``async with gate.fanout():``, may hold at most
   ``fanout_limit = max(1, floor(pool_size * resource_limit))`` slots at once,
   counted over every parallel run in the process. The other
   ``pool_size - fanout_limit`` slots are therefore always left to interactive
   traffic, however large the fan-out.
-
-    gate = UpstreamGate(pool_size=100, resource_limit=0.8)
-    async with gate.interactive():
-        ...  # one upstream call
-    async with gate.fanout():
-        ...  # one upstream call made on behalf of a parallel task
 
 Waiting is first come, first served across both kinds, except that a fan-out
 waiter whose share is used up never holds back an interactive waiter queued
 behind it (no head-of-line blocking). Slots are handed over directly to the
 next waiter on release, so a caller arriving later cannot overtake the queue.
 A waiter cancelled while it waits (client gone, task timeout) never leaks a
-slot: if the slot was already handed to it, it is passed on at once.
+slot: if the slot was already handed to it, it is passed on at once. (Hand-built
+futures rather than a semaphore, because no library primitive both shares a
+pool between two kinds and keeps one queue order across them.)
 
 With ``resource_limit = 1`` (or ``pool_size = 1``) fan-out may use the whole
 pool; that is the configuration's choice, not a gate guarantee.
@@ -36,43 +33,20 @@ must be used from a single event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["interactive", "fanout"]
 
-__all__ = ["UpstreamGate", "fanout_limit_for"]
 
-
-def fanout_limit_for(pool_size: int, resource_limit: float) -> int:
-    """The most slots fan-out may hold: ``max(1, floor(pool_size * resource_limit))``."""
-    # a tiny epsilon so that e.g. 10 * 0.7 = 6.999999 still gives 7
-    return max(1, min(pool_size, math.floor(pool_size * resource_limit + 1e-9)))
-
-
+@dataclass(frozen=True)
 class _Waiter:
-    __slots__ = ("seq", "fut")
-
-    def __init__(self, seq: int, fut: asyncio.Future) -> None:
-        self.seq = seq
-        self.fut = fut
-
-
-class _Slot:
-    """``async with`` helper: one slot of the given kind for the block's duration."""
-
-    __slots__ = ("_gate", "_fanout")
-
-    def __init__(self, gate: "UpstreamGate", fanout: bool) -> None:
-        self._gate = gate
-        self._fanout = fanout
-
-    async def __aenter__(self) -> None:
-        await self._gate._acquire(self._fanout)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._gate._release(self._fanout)
+    seq: int
+    fut: asyncio.Future[None]
 
 
 class UpstreamGate:
@@ -86,12 +60,7 @@ class UpstreamGate:
         self._fanout_q: deque[_Waiter] = deque()
         self._waiting_interactive = 0
         self._waiting_fanout = 0
-        # counters for metrics
-        self.acquired_total = {"interactive": 0, "fanout": 0}
-        self.waited_total = {"interactive": 0, "fanout": 0}  # acquisitions that had to queue
         self._set_limits(pool_size, resource_limit)
-
-    # ------------------------------------------------------------------ config
 
     def _set_limits(self, pool_size: int, resource_limit: float) -> None:
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
@@ -99,8 +68,8 @@ class UpstreamGate:
         if not (0 < resource_limit <= 1):
             raise ValueError(f"resource_limit must be in (0, 1], not {resource_limit!r}")
         self.pool_size = pool_size
-        self.resource_limit = float(resource_limit)
-        self.fanout_limit = fanout_limit_for(pool_size, resource_limit)
+        # a tiny epsilon so that e.g. 10 * 0.7 = 6.999999 still gives 7
+        self.fanout_limit = max(1, min(pool_size, math.floor(pool_size * resource_limit + 1e-9)))
 
     def reconfigure(self, pool_size: int, resource_limit: float) -> None:
         """Change the limits (config reload). Slots already held stay held; a
@@ -108,52 +77,23 @@ class UpstreamGate:
         self._set_limits(pool_size, resource_limit)
         self._wake()
 
-    # ------------------------------------------------------------------ use
-
-    def interactive(self) -> _Slot:
-        """``async with gate.interactive():`` one slot out of the whole pool."""
-        return _Slot(self, False)
-
-    def fanout(self) -> _Slot:
-        """``async with gate.fanout():`` one slot out of the fan-out share."""
-        return _Slot(self, True)
-
     async def acquire(self, kind: Kind) -> None:
-        """Take a slot (prefer the context managers); pair with :meth:`release`."""
+        """Take a slot; pair with :meth:`release`."""
         await self._acquire(_is_fanout(kind))
 
     def release(self, kind: Kind) -> None:
         self._release(_is_fanout(kind))
 
-    # ------------------------------------------------------------------ counters
+    @contextlib.asynccontextmanager
+    async def fanout(self) -> AsyncIterator[None]:
+        """``async with gate.fanout():`` one slot out of the fan-out share."""
+        await self._acquire(True)
+        try:
+            yield
+        finally:
+            self._release(True)
 
-    @property
-    def in_use(self) -> int:
-        """Slots held now, both kinds."""
-        return self._in_use
-
-    @property
-    def fanout_in_use(self) -> int:
-        return self._fanout_in_use
-
-    @property
-    def interactive_in_use(self) -> int:
-        return self._in_use - self._fanout_in_use
-
-    @property
-    def waiting(self) -> int:
-        """Callers queued for a slot, both kinds."""
-        return self._waiting_interactive + self._waiting_fanout
-
-    @property
-    def waiting_interactive(self) -> int:
-        return self._waiting_interactive
-
-    @property
-    def waiting_fanout(self) -> int:
-        return self._waiting_fanout
-
-    def snapshot(self) -> dict[str, int | float]:
+    def snapshot(self) -> dict[str, int]:
         """Every counter at once, e.g. for a metrics collector."""
         return {
             "pool_size": self.pool_size,
@@ -161,16 +101,10 @@ class UpstreamGate:
             "in_use": self._in_use,
             "fanout_in_use": self._fanout_in_use,
             "interactive_in_use": self._in_use - self._fanout_in_use,
-            "waiting": self.waiting,
+            "waiting": self._waiting_interactive + self._waiting_fanout,
             "waiting_interactive": self._waiting_interactive,
             "waiting_fanout": self._waiting_fanout,
         }
-
-    def __repr__(self) -> str:
-        return (f"UpstreamGate(pool_size={self.pool_size}, fanout_limit={self.fanout_limit}, "
-                f"in_use={self._in_use}, fanout_in_use={self._fanout_in_use}, waiting={self.waiting})")
-
-    # ------------------------------------------------------------------ internals
 
     def _can_take(self, fanout: bool) -> bool:
         if self._in_use >= self.pool_size:
@@ -181,21 +115,15 @@ class UpstreamGate:
         self._in_use += 1
         if fanout:
             self._fanout_in_use += 1
-            self.acquired_total["fanout"] += 1
-        else:
-            self.acquired_total["interactive"] += 1
 
     async def _acquire(self, fanout: bool) -> None:
         # Fast path: nobody of this kind queued and room now. (Invariant: after
         # every change _wake() has granted whatever it could, so a queued waiter
         # of the other kind cannot be granted either; for interactive that means
         # the pool is full, for fan-out that its share is full.)
-        if fanout:
-            if self._waiting_fanout == 0 and self._can_take(True):
-                self._take(True)
-                return
-        elif self._waiting_interactive == 0 and self._can_take(False):
-            self._take(False)
+        queued = self._waiting_fanout if fanout else self._waiting_interactive
+        if queued == 0 and self._can_take(fanout):
+            self._take(fanout)
             return
 
         self._seq += 1
@@ -203,19 +131,16 @@ class UpstreamGate:
         if fanout:
             self._fanout_q.append(waiter)
             self._waiting_fanout += 1
-            self.waited_total["fanout"] += 1
         else:
             self._interactive_q.append(waiter)
             self._waiting_interactive += 1
-            self.waited_total["interactive"] += 1
         try:
             await waiter.fut
         except BaseException:
             if waiter.fut.cancelled() or not waiter.fut.done():
                 # Never granted: it stays in its queue as a cancelled entry that
                 # _wake() discards; only the count changes now.
-                if not waiter.fut.done():
-                    waiter.fut.cancel()
+                waiter.fut.cancel()
                 if fanout:
                     self._waiting_fanout -= 1
                 else:
@@ -250,15 +175,18 @@ class UpstreamGate:
             if i is None and f is None:
                 return
             if f is None or (i is not None and i.seq < f.seq):
-                iq.popleft()
-                self._waiting_interactive -= 1
-                self._take(False)
-                i.fut.set_result(None)
+                self._grant(iq, False)
             else:
-                fq.popleft()
-                self._waiting_fanout -= 1
-                self._take(True)
-                f.fut.set_result(None)
+                self._grant(fq, True)
+
+    def _grant(self, q: deque[_Waiter], fanout: bool) -> None:
+        waiter = q.popleft()
+        if fanout:
+            self._waiting_fanout -= 1
+        else:
+            self._waiting_interactive -= 1
+        self._take(fanout)
+        waiter.fut.set_result(None)
 
 
 def _is_fanout(kind: str) -> bool:
