@@ -22,7 +22,8 @@ from .chat import explain_request
 from .config import Config, ConfigError, load_config, package_file
 from .dialects import DIALECTS, Dialect, dialect_for
 from .errors import BadRequest, ProxyError, Unauthorized, error_response
-from .gateway import Gateway, read_body
+from .gateway import Gateway
+from .incoming import read_body
 from .observability import Telemetry
 from .observability.logs import configure_logging, reapply_logging
 from .parallel.endpoint import run_parallel

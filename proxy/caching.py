@@ -32,6 +32,7 @@ import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 from starlette.responses import Response, StreamingResponse
 
 from .cache import (
@@ -53,9 +54,10 @@ from .cache import (
 )
 from .cache.coalesce import Broadcast
 from .config import CacheSettings
-from .dialects import ANSWER_HEADERS, get_dialect
+from .dialects import ANSWER_HEADERS, Dialect
 from .errors import ProxyError, UpstreamUnavailable
 from .pipeline import ConversationState
+from .upstream import CLIENT_GONE
 
 log = logging.getLogger("ctxwarden.cache")
 
@@ -108,7 +110,7 @@ class ResponseCache:
         self.ttl = ttl
         self.inflight = InFlight()
 
-    async def lookup(self, policy: CachePolicy, dialect: str,
+    async def lookup(self, policy: CachePolicy, dialect: Dialect,
                      extra_headers: list[tuple[bytes, bytes]]) -> Response | None:
         """A hit replayed in the form the client asked for, or None."""
         assert policy.key is not None
@@ -123,7 +125,7 @@ class ResponseCache:
             return None
         headers = extra_headers + [(CACHE_HEADER, b"hit"), (b"age", str(answer.age()).encode())]
         if policy.stream:
-            events = replay_sse(get_dialect(dialect), answer.body, policy.include_usage)
+            events = replay_sse(dialect, answer.body, policy.include_usage)
             response = StreamingResponse(_iterate(events), status_code=answer.status,
                                          media_type="text/event-stream")
             response.raw_headers += [(b"cache-control", b"no-cache")] + headers
@@ -138,8 +140,6 @@ class ResponseCache:
             return None
         return self.inflight.join(coalescing_key(policy))
 
-    def tap(self, policy: CachePolicy, dialect: str, broadcast: Broadcast | None) -> "CacheTap":
-        return CacheTap(self, policy, dialect, broadcast)
 
     async def store(self, key: str, answer: CachedAnswer) -> None:
         await self.backend.set(key, answer.to_bytes(), self.ttl)
@@ -169,7 +169,7 @@ def coalescing_key(policy: CachePolicy) -> str:
 _TOO_SLOW = "this answer is too large to share with a follower that reads it this slowly"
 
 
-async def follow(subscriber: Subscriber, dialect: str, stream: bool,
+async def follow(subscriber: Subscriber, dialect: Dialect, stream: bool,
                  extra_headers: list[tuple[bytes, bytes]], limit: int = MAX_ANSWER_BYTES) -> Response:
     """A coalesced follower's response: the leader's answer, as it arrives.
 
@@ -211,14 +211,14 @@ async def _drain(buffered: list[bytes], chunks: AsyncIterator[bytes]) -> AsyncIt
         yield chunk
 
 
-async def _follow_chunks(subscriber: Subscriber, dialect: str) -> AsyncIterator[bytes]:
+async def _follow_chunks(subscriber: Subscriber, dialect: Dialect) -> AsyncIterator[bytes]:
     try:
         async for chunk in subscriber:
             yield chunk
     except ProxyError as exc:
-        yield get_dialect(dialect).stream_error_event(exc.message)
+        yield dialect.stream_error_event(exc.message)
     except FollowerTooSlow:
-        yield get_dialect(dialect).stream_error_event(_TOO_SLOW)
+        yield dialect.stream_error_event(_TOO_SLOW)
 
 
 async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:
@@ -236,7 +236,7 @@ class CacheTap:
     Past the limit it drops what it kept and stops looking (`abandoned`); the
     relay goes on streaming the answer to the client as the upstream sent it."""
 
-    def __init__(self, cache: ResponseCache, policy: CachePolicy, dialect: str, broadcast: Broadcast | None,
+    def __init__(self, cache: ResponseCache, policy: CachePolicy, dialect: Dialect, broadcast: Broadcast | None,
                  limit: int = MAX_ANSWER_BYTES):
         self.cache = cache
         self.policy = policy
@@ -265,7 +265,7 @@ class CacheTap:
                 self.encoding = value.decode("latin-1").strip().lower()
         if 200 <= status < 300 and self.policy.key is not None:
             if self.content_type.startswith("text/event-stream") and self.encoding in (None, "identity"):
-                self.recorder = StreamRecorder(get_dialect(self.dialect), max_bytes=self.limit)
+                self.recorder = StreamRecorder(self.dialect, max_bytes=self.limit)
                 self.collecting = True
             elif self.content_type.startswith("application/json") and self.encoding in _DECODERS:
                 wbits = _DECODERS[self.encoding]
@@ -325,7 +325,7 @@ class CacheTap:
         if body is None or len(body) > self.limit:
             return
         answer = CachedAnswer(status=self.status, content_type="application/json", body=body,
-                              dialect=self.dialect, created=time.time())
+                              dialect=self.dialect.name, created=time.time())
         await self.cache.store(self.policy.key, answer)
 
     def _decoded_json(self) -> bytes | None:
@@ -333,3 +333,32 @@ class CacheTap:
         if decoder is not None and (not decoder.eof or decoder.unused_data):
             return None  # a truncated or multi-member body: not the answer whole
         return b"".join(self.body)
+
+
+class OpenTap:
+    """The one owner of a request's cache tap, from the miss that opens it to
+    the end of the request: while it is open, coalesced followers wait on it;
+    the relay ends it when the answer is through, and whatever the relay did
+    not end (a stream never iterated, a failed send) is ended here."""
+
+    def __init__(self) -> None:
+        self.tap: CacheTap | None = None
+
+    def open(self, cache: ResponseCache, policy: CachePolicy, dialect: Dialect, broadcast: Broadcast | None) -> CacheTap:
+        self.tap = CacheTap(cache, policy, dialect, broadcast)
+        return self.tap
+
+    def followed(self) -> bool:
+        """Whether coalesced followers wait for the answer this request fetches."""
+        broadcast = self.tap.broadcast if self.tap is not None else None
+        return broadcast is not None and broadcast.followers > 0 and not broadcast.closed
+
+    async def fail(self, error: BaseException) -> None:
+        if self.tap is not None:
+            await self.tap.end(error if isinstance(error, Exception) else CLIENT_GONE)
+
+    async def close(self) -> None:
+        if self.tap is not None:
+            # Shielded: the request may be ending in a cancelled scope.
+            with anyio.CancelScope(shield=True):
+                await self.tap.end(CLIENT_GONE)

@@ -14,7 +14,7 @@ import httpx
 from starlette.responses import Response, StreamingResponse
 
 from .config import ServerSettings, Upstream
-from .dialects import get_dialect
+from .dialects import Dialect, get_dialect
 from .errors import BadPath, UpstreamTimeout, UpstreamUnavailable
 from .observability.record import RequestRecord
 from .routing import Target
@@ -242,7 +242,7 @@ class RelayTap(Protocol):
 
 
 async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes]],
-                stream_error_dialect: str | None, record: RequestRecord | None = None,
+                stream_error_dialect: Dialect | None, record: RequestRecord | None = None,
                 tap: RelayTap | None = None) -> Response:
     """The client's response to an upstream answer.
 
@@ -283,7 +283,7 @@ async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes
     return relayed
 
 
-async def _relay_chunks(response: httpx.Response, error_dialect: str | None,
+async def _relay_chunks(response: httpx.Response, error_dialect: Dialect | None,
                         record: RequestRecord | None, tap: RelayTap | None) -> AsyncIterator[bytes]:
     error: Exception | None = CLIENT_GONE
     try:
@@ -299,7 +299,7 @@ async def _relay_chunks(response: httpx.Response, error_dialect: str | None,
             record.error_kind = "broken_stream"
         if error_dialect is None:
             raise
-        yield get_dialect(error_dialect).stream_error_event("the upstream broke off the stream")
+        yield error_dialect.stream_error_event("the upstream broke off the stream")
     finally:
         # Shielded: on client disconnect this runs inside a cancelled scope, and
         # the upstream connection must still be closed.

@@ -12,6 +12,7 @@ import zlib
 import pytest
 from starlette.responses import Response, StreamingResponse
 
+from ctxwarden.dialects import openai
 from ctxwarden.cache import CachedAnswer, InFlight, MemoryCache, Subscriber
 from ctxwarden.caching import (
     CachePolicy,
@@ -45,7 +46,7 @@ def _cache() -> ResponseCache:
 
 
 def _tap(cache: ResponseCache, key: str = "k", limit: int = LIMIT) -> CacheTap:
-    return CacheTap(cache, CachePolicy(key, True, False, False), "openai", None, limit=limit)
+    return CacheTap(cache, CachePolicy(key, True, False, False), openai, None, limit=limit)
 
 
 async def _stored(cache: ResponseCache, key: str = "k") -> bytes | None:
@@ -206,7 +207,7 @@ async def test_a_json_follower_of_a_small_answer_gets_one_response() -> None:
     leader.publish(b'{"a":')
     leader.publish(b"1}")
     leader.finish()
-    response = await follow(follower, "openai", False, [], limit=LIMIT)
+    response = await follow(follower, openai, False, [], limit=LIMIT)
     assert type(response) is Response and response.body == b'{"a":1}'
 
 
@@ -224,7 +225,7 @@ async def test_a_json_follower_of_a_large_answer_streams_it() -> None:
         leader.finish()
 
     task = asyncio.create_task(lead())
-    response = await follow(follower, "openai", False, [], limit=LIMIT)
+    response = await follow(follower, openai, False, [], limit=LIMIT)
     assert isinstance(response, StreamingResponse)
     received = b"".join([chunk async for chunk in response.body_iterator])
     await task
@@ -239,4 +240,4 @@ async def test_a_json_follower_left_behind_gets_an_error_response() -> None:
     for _ in range(5):
         leader.publish(b"z" * 60)  # the follower has read nothing: it falls behind
     with pytest.raises(UpstreamUnavailable):
-        await follow(follower, "openai", False, [], limit=1000)
+        await follow(follower, openai, False, [], limit=1000)

@@ -2,6 +2,7 @@ import httpx
 import pytest
 import respx
 
+from ctxwarden.dialects import get_dialect
 from ctxwarden.config import ConfigError, ServerSettings, Timeouts, Upstream
 from ctxwarden.errors import UpstreamTimeout, UpstreamUnavailable
 from ctxwarden.routing import Routes, Target
@@ -89,7 +90,7 @@ async def _body_of(response) -> bytes:
 async def test_small_answer_is_relayed_whole_with_extra_headers():
     upstream = httpx.Response(201, headers={"content-type": "application/json", "x-request-id": "r1",
                                             "content-length": "7"}, stream=httpx.ByteStream(b'{"a":1}'))
-    relayed = await relay(upstream, [(b"x-ctxwarden-tokens-before", b"7")], stream_error_dialect="openai")
+    relayed = await relay(upstream, [(b"x-ctxwarden-tokens-before", b"7")], stream_error_dialect=get_dialect("openai"))
     headers = dict(relayed.raw_headers)
     assert relayed.status_code == 201
     assert headers[b"content-length"] == b"7"
@@ -110,7 +111,7 @@ class _BrokenStream(httpx.AsyncByteStream):
 async def test_stream_broken_mid_way_ends_with_the_dialects_error_event(dialect, marker):
     upstream = httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_BrokenStream(),
                               request=httpx.Request("POST", "https://x.test/v1/chat/completions"))
-    relayed = await relay(upstream, [], stream_error_dialect=dialect)
+    relayed = await relay(upstream, [], stream_error_dialect=get_dialect(dialect))
     body = await _body_of(relayed)
     assert body.startswith(b'data: {"id":1}\n\n')
     assert marker in body and body.endswith(b"\n\n")

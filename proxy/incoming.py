@@ -1,0 +1,97 @@
+"""A client's request as it arrives: its body read within limits, and the
+work done for it cancelled when the client goes away."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
+
+from .errors import BodyTimeout, ClientClosed, PayloadTooLarge
+
+log = logging.getLogger("ctxwarden")
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """The parts of a client request the upstream call needs; `path` is the
+    checked path with the client's percent-escapes (routing.check_path)."""
+
+    method: str
+    path: str
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+
+    def header(self, name: bytes) -> str:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return ""
+
+
+async def until_disconnected(receive: Receive, work: Callable[[], Awaitable],
+                             keep_going: Callable[[], bool] = lambda: False):
+    """`work()`'s result, or ClientClosed when the client disconnected first:
+    the work (and the upstream call in it) is then cancelled, unless
+    `keep_going()` says someone else waits for it. Call once the request body
+    has been read whole: from then on the server's `receive` only reports the
+    disconnect."""
+    result = error = None
+    finished = False
+    async with anyio.create_task_group() as tasks:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if keep_going():
+                log.info("client went away; its answer is still fetched for a coalesced follower")
+            else:
+                tasks.cancel_scope.cancel()
+
+        tasks.start_soon(watch)
+        try:
+            result = await work()
+            finished = True
+        except Exception as exc:  # re-raised below, outside the task group
+            error = exc
+        tasks.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    if not finished:
+        raise ClientClosed("the client closed the connection before its answer was ready")
+    return result
+
+
+def _declared_length(request: Request, limit: int) -> int | None:
+    declared = request.headers.get("content-length")
+    if declared is None or not declared.isdigit():
+        return None
+    if int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    return int(declared)
+
+
+async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        yield chunk
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body: at most `limit` bytes (413), arrived within `timeout`
+    seconds (408); a client gone mid-upload is ClientClosed (499)."""
+    _declared_length(request, limit)
+    try:
+        with anyio.fail_after(timeout):
+            return b"".join([chunk async for chunk in _limited(request.stream(), limit)])
+    except TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {timeout:g} s") from None
+    except ClientDisconnect:
+        raise ClientClosed("the client closed the connection while sending its body") from None

@@ -1,0 +1,54 @@
+"""A request on its way upstream: the slot it holds of the gate, and the timed call."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import httpx
+
+from .errors import NoSlot
+from .incoming import Incoming
+from .observability.record import RequestRecord
+from .parallel.gate import UpstreamGate
+from .routing import Target
+from .upstream import UpstreamClient
+
+
+class Slot:
+    """A request's interactive slot of the upstream gate: waited for at most
+    `timeout` right before the upstream call, released once the response has
+    been sent (stream included)."""
+
+    def __init__(self, gate: UpstreamGate):
+        self.gate = gate
+        self.held = False
+
+    async def take(self, timeout: float) -> None:
+        try:
+            with anyio.fail_after(timeout):
+                await self.gate.acquire("interactive")
+        except TimeoutError:
+            raise NoSlot(f"all {self.gate.pool_size} upstream connection slots stayed busy for "
+                         f"{timeout:g} s; retry shortly") from None
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.gate.release("interactive")
+
+
+async def send(client: UpstreamClient, record: RequestRecord, target: Target, request: Incoming,
+               content: bytes | None, slot: Slot | None, slot_timeout: float) -> httpx.Response:
+    """The upstream's answer (headers read, body not yet), once the request
+    holds its slot; the record learns where it went and how long it took."""
+    if slot is not None:
+        await slot.take(slot_timeout)
+    record.upstream = target.name
+    started = time.perf_counter()
+    record.overhead_seconds = started - record.started
+    try:
+        return await client.send(target, request.method, request.path, request.query, request.headers, content)
+    finally:
+        record.upstream_seconds = time.perf_counter() - started
