@@ -1,52 +1,36 @@
-"""The Starlette app: routes, admin endpoints, and the lifespan that owns the
-one shared upstream client and the config reloader."""
+"""The Starlette app: the route table, and the lifespan that owns the one
+shared upstream client, the cache, the gate and the config reloader."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import hmac
 import logging
 import os
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .admin import AdminToken, admin_routes
 from .caching import ResponseCache, make_backend
-from .chat import explain_request
-from .config import Config, ConfigError, load_config, package_file
-from .dialects import DIALECTS, Dialect, dialect_for
-from .errors import BadRequest, ProxyError, Unauthorized, error_response
+from .config import Config, ConfigError, load_config
+from .dialects import dialect_for
+from .errors import ProxyError, error_response
 from .gateway import Gateway
-from .incoming import read_body
 from .observability import Telemetry
 from .observability.logs import configure_logging, reapply_logging
-from .parallel.endpoint import run_parallel
+from .parallel.endpoint import serve_run
 from .parallel.gate import UpstreamGate
-from .parallel.graph import parse_task_graph
-from .parallel.results import summarize
-from .wirejson import parse_json
 from .reload import ConfigReloader
 from .tokens import get_encoding
 from .upstream import UpstreamClient
 
 log = logging.getLogger("ctxwarden")
-
-
-@functools.cache
-def dashboard_page() -> bytes:
-    """The dashboard: one self-contained page (inline CSS and JS, no CDN)."""
-    return package_file("dashboard.html")
-
-
-# Probes must work without the admin token; they reveal no more than up/down
-# and the reason the last reload was refused.
-OPEN_ADMIN_PATHS = frozenset({"/_ctxwarden/health", "/_ctxwarden/ready"})
 
 
 class Proxy:
@@ -101,19 +85,6 @@ class Proxy:
         assert self.gateway is not None
         return self.gateway.config
 
-    def check_admin(self, request: Request) -> None:
-        env = self.config.admin.token_env
-        expected = os.environ.get(env) if env else None
-        if not expected or request.url.path in OPEN_ADMIN_PATHS:
-            return
-        given = request.headers.get("x-ctxwarden-admin-token") or ""
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:]
-        given = given or request.query_params.get("token", "")
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise Unauthorized("this admin endpoint needs the ctxwarden admin token")
-
 
 class ProxiedRequests:
     """The ASGI endpoint for everything proxied: an instance rather than a
@@ -130,23 +101,10 @@ class ProxiedRequests:
         await proxy.gateway.serve(scope, receive, send, proxy.gate)
 
 
-def _dialect_for_error(request: Request) -> Dialect:
-    return dialect_for(request.url.path, request.headers)
-
-
 async def _proxy_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
     log.info("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
-    return error_response(exc, _dialect_for_error(request))
-
-
-def _explain_dialect(request: Request) -> str:
-    requested = request.query_params.get("dialect")
-    if requested is None:
-        return dialect_for(request.url.path, request.headers).name
-    if requested not in DIALECTS:
-        raise BadRequest(f"dialect must be one of {', '.join(map(repr, DIALECTS))}")
-    return requested
+    return error_response(exc, dialect_for(request.url.path, request.headers))
 
 
 def create_app(config: Config, config_path: str | None = None, last_good_path: str | None = None) -> Starlette:
@@ -166,74 +124,21 @@ def create_app(config: Config, config_path: str | None = None, last_good_path: s
                 tasks.cancel_scope.cancel()
                 await proxy.close()
 
-
-    def admin(endpoint):
-        async def guarded(request: Request) -> Response:
-            proxy.check_admin(request)
-            return await endpoint(request)
-        return guarded
-
-    async def health(request: Request) -> Response:
-        body = {"status": "ok", "config": proxy.config.source}
-        if proxy.reloader is not None and proxy.reloader.last_error:
-            body["last_reload_error"] = proxy.reloader.last_error
-        return JSONResponse(body)
-
-    async def ready(request: Request) -> Response:
-        assert proxy.client is not None
-        problems = await proxy.client.unreachable([u for u in proxy.config.upstreams if u.check_ready])
-        if problems:
-            return JSONResponse({"status": "not ready", "unreachable": problems}, status_code=503)
-        return JSONResponse({"status": "ready"})
-
-    async def effective_config(request: Request) -> Response:
-        return JSONResponse(proxy.config.describe())
-
-    async def metrics(request: Request) -> Response:
-        return Response(proxy.telemetry.metrics.render(), media_type=proxy.telemetry.metrics.content_type)
-
-    async def stats(request: Request) -> Response:
-        return JSONResponse(proxy.telemetry.stats.snapshot())
-
-    async def dashboard(request: Request) -> Response:
-        return HTMLResponse(dashboard_page())
-
     async def parallel(request: Request) -> Response:
         assert proxy.gateway is not None and proxy.gate is not None
-        gateway = proxy.gateway
-        server = gateway.config.server
-        raw = await read_body(request, server.max_body_bytes, server.body_timeout)
-        try:
-            graph = parse_task_graph(parse_json(raw), gateway.config.parallel_execution.max_tasks)
-        except ValueError as exc:
-            raise BadRequest(getattr(exc, "message", f"request body is not valid JSON: {exc}")) from exc
-        results = await run_parallel(gateway, proxy.gate, graph, request.headers.raw,
-                                     gateway.config.parallel_execution, request=request)
-        return JSONResponse({"tasks": [r.to_dict() for r in results], "summary": summarize(results)})
-
-    async def explain_endpoint(request: Request) -> Response:
-        dialect = _explain_dialect(request)
-        server = proxy.config.server
-        raw = await read_body(request, server.max_body_bytes, server.body_timeout)
-        report = await anyio.to_thread.run_sync(explain_request, proxy.config, dialect, raw)
-        return JSONResponse(report)
+        return await serve_run(request, proxy.gateway, proxy.gate)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     app = Starlette(
         routes=[
-            Route("/_ctxwarden/health", admin(health), methods=["GET"]),
-            Route("/_ctxwarden/ready", admin(ready), methods=["GET"]),
-            Route("/_ctxwarden/config", admin(effective_config), methods=["GET"]),
-            Route("/_ctxwarden/stats", admin(stats), methods=["GET"]),
-            Route("/_ctxwarden/dashboard", admin(dashboard), methods=["GET"]),
-            Route("/_ctxwarden/explain", admin(explain_endpoint), methods=["POST"]),
+            *admin_routes(proxy),
             # Not an admin endpoint: apps call it with their own upstream credentials.
             Route("/_ctxwarden/parallel", parallel, methods=["POST"]),
-            Route("/metrics", admin(metrics), methods=["GET"]),
             # Browsers ask for it on any page; answering here keeps it out of the stats.
             Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
             Route("/{path:path}", ProxiedRequests(proxy), methods=methods),
         ],
+        middleware=[Middleware(AdminToken, proxy=proxy)],
         exception_handlers={ProxyError: _proxy_error},
         lifespan=lifespan,
     )

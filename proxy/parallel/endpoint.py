@@ -13,22 +13,22 @@ logged at info).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from starlette.requests import Request
-from starlette.types import Receive
+from starlette.responses import JSONResponse, Response
 
 from ..cache import credential_fingerprint
 from ..config import ParallelExecution
 from ..dialects import get_dialect
-from ..errors import ClientClosed
+from ..errors import BadRequest, ClientClosed
+from ..incoming import read_body, until_disconnected
+from ..wirejson import parse_json
 from .answers import TaskAnswer
 from .executor import ProgressCallback, run_task_graph
 from .gate import UpstreamGate
-from .graph import Task, TaskGraph
-from .results import TaskResult
+from .graph import Task, TaskGraph, TaskGraphError, parse_task_graph
+from .results import TaskResult, summarize
 from .tenants import tenant_limits
 
 if TYPE_CHECKING:  # the gateway imports the gate from this package
@@ -91,33 +91,23 @@ async def run_parallel(gateway: Gateway, gate: UpstreamGate, graph: TaskGraph,
                                 max_body_bytes=gateway.config.server.max_body_bytes)
         if request is None:
             return await runner
-        results = await _unless_disconnected(runner, request.receive)
-        if results is None:
+        try:
+            return await until_disconnected(request.receive, lambda: runner)
+        except ClientClosed:
             log.info("parallel run: the client disconnected; %d of %d tasks were cancelled or never started",
                      len(graph) - len(finished), len(graph))
             raise ClientClosed("the client closed the connection before its parallel run ended; "
-                               "its tasks were cancelled")
-        return results
+                               "its tasks were cancelled") from None
 
 
-async def _unless_disconnected(runner: Awaitable[list[TaskResult]], receive: Receive) -> list[TaskResult] | None:
-    """The run's results, or None when the client left first (the run is then cancelled)."""
-    results: list[TaskResult] | None = None
-    async with anyio.create_task_group() as tg:
-        async def watch() -> None:
-            await _disconnected(receive)
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        results = await runner
-        tg.cancel_scope.cancel()  # the run ended first: stop watching the client
-    return results
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Return once the ASGI server reports ``http.disconnect``. Call only after
-    the request body has been read whole."""
-    while True:
-        message: Mapping[str, Any] = await receive()
-        if message.get("type") == "http.disconnect":
-            return
+async def serve_run(request: Request, gateway: Gateway, gate: UpstreamGate) -> Response:
+    """POST /_ctxwarden/parallel: the body is a task graph; the answer, every task's result and a summary."""
+    server = gateway.config.server
+    raw = await read_body(request, server.max_body_bytes, server.body_timeout)
+    try:
+        graph = parse_task_graph(parse_json(raw), gateway.config.parallel_execution.max_tasks)
+    except TaskGraphError as exc:
+        raise BadRequest(exc.message) from exc
+    results = await run_parallel(gateway, gate, graph, request.headers.raw, gateway.config.parallel_execution,
+                                 request=request)
+    return JSONResponse({"tasks": [r.to_dict() for r in results], "summary": summarize(results)})
