@@ -89,9 +89,7 @@ def _load_inputs(args: argparse.Namespace, parse: Callable[[bytes, Config], T]) 
         reason = f"config refused:\n{exc}"
     except OSError as exc:
         reason = f"cannot read {args.file}: {exc.strerror}"
-    except ValueError as exc:  # invalid JSON, or the parser's own refusal
-        reason = f"{args.file}: {getattr(exc, 'message', exc)}"
-    except ProxyError as exc:
+    except ProxyError as exc:  # invalid JSON, or the parser's refusal
         reason = f"{args.file}: {exc.message}"
     print(f"ctxwarden: {reason}", file=sys.stderr)
     raise _InputRefused
@@ -136,12 +134,14 @@ def _run_parallel(args: argparse.Namespace) -> int:
 
     import anyio
 
+    from .wirejson import parse_json
+
     from .app import Proxy
     from .parallel.endpoint import run_parallel
     from .parallel.graph import parse_task_graph
 
     config, graph = _load_inputs(
-        args, lambda raw, config: parse_task_graph(json.loads(raw), config.parallel_execution.max_tasks))
+        args, lambda raw, config: parse_task_graph(parse_json(raw), config.parallel_execution.max_tasks))
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
 
     async def run():

@@ -1,4 +1,17 @@
-"""Typed errors and the one place that turns them into each dialect's error shape."""
+"""The errors the proxy answers itself, and the one place that turns them
+into a response in the dialect's error shape.
+
+    ProxyError
+    ├── ClientError        the request cannot be served as sent (4xx): BadRequest
+    │                      (BadPath, the parallel endpoint's TaskGraphError),
+    │                      Unauthorized, NotFound, BodyTimeout, PayloadTooLarge,
+    │                      TooManyRequests (the parallel endpoint's TooManyRuns),
+    │                      ClientClosed (499: the client left)
+    ├── UpstreamError      the upstream failed (5xx): UpstreamUnavailable, UpstreamTimeout
+    └── NoSlot             the proxy's own upstream pool stayed full (503)
+
+A config that cannot be used is a :class:`ctxwarden.config.ConfigError`: it
+stops ``serve`` and ``validate`` and refuses a reload, and is never a response."""
 
 from __future__ import annotations
 
@@ -24,7 +37,13 @@ class ProxyError(Exception):
         self.message = message
 
 
-class BadRequest(ProxyError):
+class ClientError(ProxyError):
+    """The request cannot be served as sent."""
+
+    status = 400
+
+
+class BadRequest(ClientError):
     status = 400
 
 
@@ -33,19 +52,19 @@ class BadPath(BadRequest):
     so no path can leave `/v1/` or an upstream's base URL."""
 
 
-class Unauthorized(ProxyError):
+class Unauthorized(ClientError):
     status = 401
 
 
-class NotFound(ProxyError):
+class NotFound(ClientError):
     status = 404
 
 
-class PayloadTooLarge(ProxyError):
+class PayloadTooLarge(ClientError):
     status = 413
 
 
-class BodyTimeout(ProxyError):
+class BodyTimeout(ClientError):
     """The client did not send its whole body within `server/@body_timeout`."""
 
     status = 408
@@ -53,7 +72,7 @@ class BodyTimeout(ProxyError):
     headers = (("connection", "close"),)
 
 
-class ClientClosed(ProxyError):
+class ClientClosed(ClientError):
     """The client went away before its answer was ready; nothing is sent back.
     Counted as 499 (nginx's "client closed request"), not as a server error."""
 
@@ -67,12 +86,25 @@ class NoSlot(ProxyError):
     headers = (("retry-after", "1"),)
 
 
-class UpstreamUnavailable(ProxyError):
+class TooManyRequests(ClientError):
+    status = 429
+
+
+class UpstreamError(ProxyError):
+    """The upstream failed; ``kind`` is what the request record and metrics call it."""
+
     status = 502
+    kind = "upstream"
 
 
-class UpstreamTimeout(ProxyError):
+class UpstreamUnavailable(UpstreamError):
+    status = 502
+    kind = "connect"
+
+
+class UpstreamTimeout(UpstreamError):
     status = 504
+    kind = "timeout"
 
 
 def error_response(exc: ProxyError, dialect: Dialect) -> Response:

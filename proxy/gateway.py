@@ -27,7 +27,7 @@ from . import flow
 from .caching import OpenTap, ResponseCache
 from .config import Config
 from .dialects import chat_dialect, dialect_for, get_dialect
-from .errors import ClientClosed, NotFound, ProxyError, UpstreamTimeout, UpstreamUnavailable, error_response
+from .errors import ClientClosed, NotFound, ProxyError, UpstreamError, error_response
 from .forward import forward
 from .incoming import Incoming, read_body, until_disconnected
 from .observability import Telemetry
@@ -38,9 +38,6 @@ from .routing import Routes, check_path
 from .upstream import UpstreamClient
 
 log = logging.getLogger("ctxwarden")
-
-_UPSTREAM_ERROR_KINDS = {UpstreamUnavailable: "connect", UpstreamTimeout: "timeout"}
-
 
 class Gateway:
     """Everything a request needs that is derived from one config."""
@@ -118,7 +115,7 @@ class Gateway:
             response = await answer()
         except ProxyError as exc:
             log.info("%s %s -> %d: %s", record.method, record.path, exc.status, exc.message)
-            record.error_kind = _UPSTREAM_ERROR_KINDS.get(type(exc), "")
+            record.error_kind = exc.kind if isinstance(exc, UpstreamError) else ""
             response = error_response(exc, get_dialect(record.dialect))
         except anyio.get_cancelled_exc_class():
             record.status = ClientClosed.status

@@ -21,13 +21,13 @@ from starlette.responses import JSONResponse, Response
 from ..cache import credential_fingerprint
 from ..config import ParallelExecution
 from ..dialects import get_dialect
-from ..errors import BadRequest, ClientClosed
+from ..errors import ClientClosed
 from ..incoming import read_body, until_disconnected
 from ..wirejson import parse_json
 from .answers import TaskAnswer
 from .executor import ProgressCallback, run_task_graph
 from .gate import UpstreamGate
-from .graph import Task, TaskGraph, TaskGraphError, parse_task_graph
+from .graph import Task, TaskGraph, parse_task_graph
 from .results import TaskResult, summarize
 from .tenants import tenant_limits
 
@@ -104,10 +104,7 @@ async def serve_run(request: Request, gateway: Gateway, gate: UpstreamGate) -> R
     """POST /_ctxwarden/parallel: the body is a task graph; the answer, every task's result and a summary."""
     server = gateway.config.server
     raw = await read_body(request, server.max_body_bytes, server.body_timeout)
-    try:
-        graph = parse_task_graph(parse_json(raw), gateway.config.parallel_execution.max_tasks)
-    except TaskGraphError as exc:
-        raise BadRequest(exc.message) from exc
+    graph = parse_task_graph(parse_json(raw), gateway.config.parallel_execution.max_tasks)
     results = await run_parallel(gateway, gate, graph, request.headers.raw, gateway.config.parallel_execution,
                                  request=request)
     return JSONResponse({"tasks": [r.to_dict() for r in results], "summary": summarize(results)})

@@ -32,6 +32,7 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from ..dialects import DEFAULT, DIALECTS
+from ..errors import BadRequest
 from .templates import Template, scan
 
 DEFAULT_UPSTREAM_PATH = DEFAULT.chat_path
@@ -42,7 +43,7 @@ MAX_ID_LENGTH = 128
 _ID_RE = re.compile(r"[^\s{}]+")
 
 
-class TaskGraphError(ValueError):
+class TaskGraphError(BadRequest):
     """The run's body is unacceptable; ``str(err)`` names the problem (-> 400).
 
     ``task_id`` / ``index`` say which task, when the problem is one task's.
@@ -50,7 +51,6 @@ class TaskGraphError(ValueError):
 
     def __init__(self, message: str, *, task_id: str | None = None, index: int | None = None) -> None:
         super().__init__(message)
-        self.message = message
         self.task_id = task_id
         self.index = index
 

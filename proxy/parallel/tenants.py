@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import anyio
 
-from ..errors import ProxyError
+from ..errors import TooManyRequests
 from .gate import UpstreamGate
 
 #: runs one tenant (credential fingerprint) may have at once; one more is a 429
@@ -26,12 +26,9 @@ MAX_RUNS_PER_TENANT = 4
 RETRY_AFTER_SECONDS = 5
 
 
-class TooManyRuns(ProxyError):
+class TooManyRuns(TooManyRequests):
     """The tenant already has MAX_RUNS_PER_TENANT runs going (-> 429 + Retry-After)."""
 
-    status = 429
-    openai_type = "requests"
-    anthropic_type = "rate_limit_error"
     headers = (("retry-after", str(RETRY_AFTER_SECONDS)),)
 
 

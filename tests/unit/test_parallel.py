@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from ctxwarden.errors import BadRequest
 from ctxwarden.parallel.answers import TaskAnswer, answer_text
 from ctxwarden.parallel.executor import run_task_graph
 from ctxwarden.parallel.gate import UpstreamGate
@@ -178,7 +179,7 @@ def test_error_carries_task_id_and_index() -> None:
     with pytest.raises(TaskGraphError) as info:
         graph(task("a"), task("b", deps=["q"]))
     assert (info.value.task_id, info.value.index) == ("b", 1)
-    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, BadRequest) and info.value.status == 400
 
 
 def test_placeholder_in_text_blocks_and_tool_results_is_checked() -> None:
