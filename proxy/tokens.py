@@ -14,6 +14,7 @@ import json
 import logging
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import tiktoken
@@ -198,3 +199,14 @@ def data_url_size(url: Any) -> tuple[int, int] | None:
     if comma < 0 or ";base64" not in url[:comma]:
         return None
     return b64_image_size(url[comma + 1:])
+
+
+def count_content(content: Any, encoding: str, count_item: Callable[[Any, str], int]) -> int:
+    """Tokens of a message's content: a string, or a list whose items ``count_item`` prices."""
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return count_text(content, encoding)
+    if isinstance(content, list):
+        return sum(count_item(item, encoding) for item in content)
+    return count_json(content, encoding)

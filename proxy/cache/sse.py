@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..dialects.base import SSEEvent, dumps
+from ..dialects.base import SSEEvent, StreamInvalid, dumps
 
 if TYPE_CHECKING:
     from ..dialects import Dialect
@@ -153,7 +153,10 @@ class StreamRecorder:
             events = parse_sse(b"".join(self._chunks))  # one pass: no re-buffering per chunk
         except UnicodeDecodeError:
             return None
-        return self.dialect.assemble_stream(events)
+        try:
+            return self.dialect.assemble_stream(events)
+        except (StreamInvalid, ValueError, TypeError, KeyError, AttributeError):
+            return None   # a stream that does not fit its dialect is never stored
 
     def result(self) -> bytes | None:
         """The complete non-streaming JSON answer (compact UTF-8), or None."""

@@ -22,14 +22,8 @@ _MESSAGE_DELTA_USAGE = (
 
 
 def assemble_stream(events: Iterable[SSEEvent]) -> dict[str, Any] | None:
-    """The ``message`` object a ``message_start`` ... ``message_stop`` stream adds up to."""
-    try:
-        return _assemble(events)
-    except (StreamInvalid, ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
-def _assemble(events: Iterable[SSEEvent]) -> dict[str, Any] | None:
+    """The ``message`` object a ``message_start`` ... ``message_stop`` stream adds up to.
+    None when it did not finish; raises on what does not fit (see cache.sse.StreamRecorder)."""
     message: dict[str, Any] | None = None
     initial: list[Any] = []
     blocks: dict[int, dict[str, Any]] = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ...tokens import DEFAULT_ENCODING, b64_image_size, count_json, count_text
+from ...tokens import DEFAULT_ENCODING, b64_image_size, count_content, count_json, count_text
 
 TOKENS_PER_MESSAGE = 4
 TOKENS_PER_BLOCK = 3
@@ -74,13 +74,7 @@ def _block_tokens(block: Any, encoding: str) -> int:
 
 
 def _content_tokens(content: Any, encoding: str) -> int:
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        return count_text(content, encoding)
-    if isinstance(content, list):
-        return sum(_block_tokens(b, encoding) for b in content)
-    return count_json(content, encoding)
+    return count_content(content, encoding, _block_tokens)
 
 
 def message_tokens(message: Any, encoding: str = DEFAULT_ENCODING) -> int:

@@ -85,14 +85,8 @@ def _merge_logprobs(acc: dict[str, Any] | None, part: dict[str, Any]) -> dict[st
 
 
 def assemble_stream(events: Iterable[SSEEvent]) -> dict[str, Any] | None:
-    """The ``chat.completion`` object a stream of ``chat.completion.chunk`` events adds up to."""
-    try:
-        return _assemble(events)
-    except (StreamInvalid, ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
-def _assemble(events: Iterable[SSEEvent]) -> dict[str, Any] | None:
+    """The ``chat.completion`` object a stream of ``chat.completion.chunk`` events adds up to.
+    None when it did not finish; raises on what does not fit (see cache.sse.StreamRecorder)."""
     top: dict[str, Any] = {}
     usage: Any = None
     has_usage = False

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ...tokens import DEFAULT_ENCODING, compact_json, count_json, count_text, data_url_size
+from ...tokens import DEFAULT_ENCODING, compact_json, count_content, count_json, count_text, data_url_size
 
 # OpenAI cookbook, num_tokens_from_messages (gpt-3.5-turbo-0613, gpt-4-0613, gpt-4o ...)
 TOKENS_PER_MESSAGE = 3
@@ -87,13 +87,7 @@ def _part_tokens(part: Any, encoding: str) -> int:
 
 
 def _content_tokens(content: Any, encoding: str) -> int:
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        return count_text(content, encoding)
-    if isinstance(content, list):
-        return sum(_part_tokens(p, encoding) for p in content)
-    return count_json(content, encoding)
+    return count_content(content, encoding, _part_tokens)
 
 
 def _tool_call_tokens(call: Any, encoding: str) -> int:
