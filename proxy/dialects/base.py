@@ -144,3 +144,6 @@ class Dialect(Protocol):
 
     def replay_stream(self, answer: dict, include_usage: bool = False) -> list[bytes]:
         """The events of a live stream of a stored complete answer."""
+
+    def answer_text(self, body: Any) -> str:
+        """The text of a complete answer (``""`` when it has none, e.g. only tool calls)."""

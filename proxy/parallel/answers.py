@@ -1,10 +1,5 @@
-"""A task's answer: the raw HTTP answer decoded, and the text placeholders get.
-
-The answer text is, for an OpenAI answer, ``choices[0].message.content`` (a
-string, or the concatenated ``text`` of its parts; ``null`` gives ``""``) and,
-for an Anthropic answer, the ``text`` blocks of ``content`` concatenated with
-no separator. An answer with no text (only tool calls, say) gives ``""``.
-"""
+"""A task's answer: the raw HTTP answer decoded (its text, which placeholders
+get, is the dialect's ``answer_text``)."""
 
 from __future__ import annotations
 
@@ -158,28 +153,3 @@ def _inflate(data: bytes, wbits: int, max_bytes: int, *, members: bool = False) 
         data = d.unused_data
         if not members or not data.strip(b"\0"):  # trailing NULs after gzip members are padding
             return bytes(out)
-
-
-def answer_text(body: Any) -> str:
-    """The answer's text (see the module doc); ``""`` when there is none."""
-    if not isinstance(body, dict):
-        return ""
-    choices = body.get("choices")
-    if isinstance(choices, list):
-        if not choices or not isinstance(choices[0], dict):
-            return ""
-        msg = choices[0].get("message")
-        return _joined_text(msg.get("content") if isinstance(msg, dict) else None, typed=False)
-    return _joined_text(body.get("content"), typed=True)
-
-
-def _joined_text(content: Any, *, typed: bool) -> str:
-    """A string content as it is; a list's text parts joined. Anthropic blocks
-    (``typed``) count only when of type text; OpenAI-compatible servers that
-    answer with parts do not always type them."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
-                       and (not typed or p.get("type") == "text"))
-    return ""

@@ -18,7 +18,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .answers import TaskAnswer, answer_text
+from ..dialects import get_dialect
+from .answers import TaskAnswer
 from .graph import Task, TaskGraph
 from .results import ERROR, OK, SKIPPED, TIMEOUT, TaskResult
 from .templates import fill_placeholders, filled_size, json_string_size
@@ -145,7 +146,7 @@ class _Run:
 
     def _answered(self, task: Task, started: float, answer: TaskAnswer) -> TaskResult:
         if answer.ok:
-            self.answers[task.id] = answer_text(answer.body)
+            self.answers[task.id] = get_dialect(task.dialect).answer_text(answer.body)
         return self._timed(task, started, status=OK if answer.ok else ERROR, http_status=answer.status,
                            answer=answer.body, error=None if answer.ok else answer.error_message(),
                            tokens_before=answer.tokens_before, tokens_after=answer.tokens_after, cache=answer.cache)

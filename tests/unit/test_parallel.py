@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from ctxwarden.errors import BadRequest
-from ctxwarden.parallel.answers import TaskAnswer, answer_text
+from ctxwarden.dialects import get_dialect
+from ctxwarden.parallel.answers import TaskAnswer
 from ctxwarden.parallel.executor import run_task_graph
 from ctxwarden.parallel.gate import UpstreamGate
 from ctxwarden.parallel.graph import Task, TaskGraphError, parse_task_graph
@@ -248,15 +249,17 @@ def test_fill_placeholders_every_text_position() -> None:
 
 
 def test_answer_text_both_dialects() -> None:
-    assert answer_text(openai_answer("hello")) == "hello"
-    assert answer_text({"choices": [{"message": {"content": None, "tool_calls": []}}]}) == ""
-    assert answer_text({"choices": [{"message": {"content": [{"type": "text", "text": "a"},
-                                                             {"type": "text", "text": "b"}]}}]}) == "ab"
-    assert answer_text({"choices": []}) == ""
-    assert answer_text(anthropic_answer("one ", "two")) == "one two"
-    assert answer_text({"content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}},
-                                    {"type": "text", "text": "x"}]}) == "x"
-    assert answer_text(None) == "" and answer_text("str") == "" and answer_text({}) == ""
+    oa, an = get_dialect("openai"), get_dialect("anthropic")
+    assert oa.answer_text(openai_answer("hello")) == "hello"
+    assert oa.answer_text({"choices": [{"message": {"content": None, "tool_calls": []}}]}) == ""
+    assert oa.answer_text({"choices": [{"message": {"content": [{"type": "text", "text": "a"},
+                                                                {"type": "text", "text": "b"}]}}]}) == "ab"
+    assert oa.answer_text({"choices": []}) == ""
+    assert an.answer_text(anthropic_answer("one ", "two")) == "one two"
+    assert an.answer_text({"content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}},
+                                       {"type": "text", "text": "x"}]}) == "x"
+    for dialect in (oa, an):
+        assert dialect.answer_text(None) == "" and dialect.answer_text("str") == "" and dialect.answer_text({}) == ""
 
 
 def test_task_answer_from_http() -> None:
@@ -264,7 +267,7 @@ def test_task_answer_from_http() -> None:
                              {"x-ctxwarden-tokens-before": "120", "x-ctxwarden-tokens-after": "80",
                               "x-ctxwarden-cache": "hit"})
     assert (a.status, a.tokens_before, a.tokens_after, a.cache) == (200, 120, 80, "hit")
-    assert answer_text(a.body) == "x"
+    assert get_dialect("openai").answer_text(a.body) == "x"
     b = TaskAnswer.from_http(502, b"<html>bad gateway</html>")
     assert b.body is None and b.tokens_before is None
 

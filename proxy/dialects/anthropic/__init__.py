@@ -260,6 +260,17 @@ def _words(content: Any) -> list:
             for b in _as_blocks(content) if not (isinstance(b, dict) and b.get("type") == "tool_result")]
 
 
+def answer_text(body: Any) -> str:
+    """The ``text`` blocks of ``content`` joined with no separator; ``""`` when there are none."""
+    content = body.get("content") if isinstance(body, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(b["text"] for b in content
+                       if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str))
+    return ""
+
+
 def credential_headers(api_key: str) -> list[tuple[bytes, bytes]]:
     return [(b"x-api-key", api_key.encode())]
 

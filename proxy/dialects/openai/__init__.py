@@ -211,6 +211,21 @@ def cache_hints(body: dict, pricing: Pricing, stable_messages: int, conversation
     return {**body, "prompt_cache_key": "ctxw-" + conversation[:32]}
 
 
+def answer_text(body: Any) -> str:
+    """``choices[0].message.content``: a string, or the text of its parts joined
+    (servers that answer with parts do not always type them); ``""`` when there is none."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return ""
+    message = choices[0].get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
 def credential_headers(api_key: str) -> list[tuple[bytes, bytes]]:
     return [(b"authorization", b"Bearer " + api_key.encode())]
 
