@@ -12,7 +12,8 @@ cache), and recalled from.
 """
 from __future__ import annotations
 
-from .conversation import ConversationState, TurnOutcome, conversation_keys, rewrite_turn
+from .conversation import rewrite_turn
+from .state import ConversationState, TurnOutcome, conversation_keys
 from .explain import explain_turn
 from .plan import RewritePlan
 

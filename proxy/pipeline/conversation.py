@@ -25,125 +25,31 @@ What was sent for a step is a pure function of the original messages up to
 it, so a replica without the stored state replays the steps and sends the very
 same bytes; the state (:class:`ConversationState`, kept per tenant in the
 cache backend) only saves that replay, and the counting of messages already
-seen.  A conversation is found by the chained hash of its original messages
-(:func:`conversation_keys`), one key per message boundary.
+seen (:mod:`.state`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from ..pricing import chain_bytes
-from ..wirejson import canonical, compact
-from .compaction import NoteEntry, calls_of, compact_units, render_note
-from .invariants import check_turn
 from ..dialects import Message, get_dialect
-from .text import MARKER_PREFIX
+from ..wirejson import compact
+from .compaction import calls_of, compact_units, render_note
+from .invariants import check_turn
 from .overflow import cut_message
 from .plan import RewritePlan
 from .recall import recall_text
+from .state import ConversationState, Item, TurnOutcome, origin_of, without_markers, conversation_keys
+from .text import MARKER_PREFIX
 
-VERSION = "ctxwarden-conversation/1"
 BUDGET_SLACK = 0.01        # a compaction may cost at most this share of the passthrough bill so far, beyond savings
 MIN_NOTE_TOKENS = 256
 LOW_WATER_STEPS = 24       # low-water levels tried, evenly up to plan.low_water of the room
 PAYBACK_SHARE = 0.5        # a compaction must pay back within this share of the turns until the next
 LONG_REPLY_SHARE = 0.25    # a kept assistant reply longer than this share of the room is cut at compaction
 TASK_SHARE = 0.25          # the task statement is pinned whole when it takes at most this share of the budget
-
-
-# ------------------------------------------------------------------ keys
-
-def _without_markers(value: Any) -> Any:
-    """``value`` without cache_control keys: clients move their breakpoints
-    from turn to turn, and the conversation must still be recognised."""
-    if isinstance(value, dict):
-        return {k: _without_markers(v) for k, v in value.items() if k != "cache_control"}
-    if isinstance(value, list):
-        return [_without_markers(v) for v in value]
-    return value
-
-
-def _key_bytes(value: Any) -> bytes:
-    data = canonical(value)
-    return canonical(_without_markers(value)) if b'"cache_control"' in data else data
-
-
-def conversation_keys(body: dict, dialect: str) -> list[str]:
-    """``keys[i]`` identifies the conversation's original ``messages[:i+1]``
-    (with its model, system prompt and tools)."""
-    fixed = {k: body.get(k) for k in ("model", "system", "tools")}
-    key = chain_bytes(VERSION, canonical(dialect) + _key_bytes(fixed))
-    keys = []
-    for message in body["messages"]:
-        key = chain_bytes(key, _key_bytes(message))
-        keys.append(key)
-    return keys
-
-
-# ------------------------------------------------------------------ state
-
-# What follows the head and note: an original message's index (sent verbatim),
-# [index, wire] (an original sent cut, to fit), or a message of ctxwarden's own.
-Item = int | list | dict
-
-
-def _origin(item: Item) -> int | None:
-    """The original message an item stands for (None: ctxwarden's own)."""
-    if isinstance(item, int):
-        return item
-    return item[0] if isinstance(item, list) else None
-
-
-@dataclass(frozen=True)
-class ConversationState:
-    """What was sent for a conversation's latest step, in terms of its originals."""
-
-    key: str = ""                       # conversation_keys(body)[covered - 1]
-    covered: int = 0                    # original messages covered
-    head: int = 0                       # originals [0, head) pinned at the start (0: never compacted)
-    note: str | None = None             # the compaction note after the head
-    note_tokens: int = 0
-    entries: tuple = ()                 # the note's entries, carried into the next compaction
-    items: tuple = ()                   # what follows head and note
-    item_tokens: tuple = ()
-    original_tokens: tuple = ()         # tokens of originals [0, covered)
-    compacted: int = 0                  # originals compacted so far
-    ledger: tuple = (0.0, 0.0)          # estimated input cost so far: (passthrough, sent)
-    failure: str = ""                   # why the latest step went out as the client sent it
-    outcome: tuple = ()                 # (decision, reason, passthrough cost, sent cost) of the latest step
-
-    def to_bytes(self) -> bytes:
-        data = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        data["entries"] = [e.to_json() for e in self.entries]
-        return compact(data)
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> ConversationState:
-        data = json.loads(raw)
-        data["entries"] = tuple(NoteEntry.from_json(e) for e in data["entries"])
-        for name in ("items", "item_tokens", "original_tokens", "ledger", "outcome"):
-            data[name] = tuple(data[name])
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class TurnOutcome:
-    body: dict
-    changed: bool
-    decision: str              # unchanged | append | compact | passthrough | refused
-    reason: str
-    tokens_before: int
-    tokens_after: int
-    state: ConversationState | None = None
-    stable_prefix: int = 0     # leading messages of body["messages"] that stay until the next compaction
-    cost_sent: float = 0.0     # estimated input cost of this request (input-token units, cache priced in)
-    cost_passthrough: float = 0.0
-    warning: str | None = None
-    explanation: tuple = field(default=(), compare=False)
 
 
 # ------------------------------------------------------------------ one request
@@ -163,7 +69,7 @@ class _Run:
 
     def parsed(self, item: Item) -> Message:
         if not isinstance(item, int):
-            return self.dialect.parse_message(_origin(item) if _origin(item) is not None else -1,
+            return self.dialect.parse_message(origin_of(item) if origin_of(item) is not None else -1,
                                           self.wire(item), self.encoding)
         message = self._parsed.get(item)
         if message is None:
@@ -185,7 +91,7 @@ class _Run:
     def user_words(self, item: Item) -> str:
         """What the user wrote in a message: its text outside tool results
         (empty for ctxwarden's own messages and for pure tool outputs)."""
-        if _origin(item) is None:
+        if origin_of(item) is None:
             return ""
         message = self.parsed(item)
         if message.role != "user":
@@ -193,7 +99,7 @@ class _Run:
         return "\n".join(text for path, text in message.segments if not _in_tool_result(path))
 
     def user_wrote(self, item: Item) -> bool:
-        if _origin(item) is None:
+        if origin_of(item) is None:
             return False
         message = self.parsed(item)
         return message.role == "user" and (not message.result_ids or bool(self.user_words(item)))
@@ -325,7 +231,7 @@ def _recall(run: _Run, state: ConversationState, new: list[int]) -> dict | None:
     names_from += [call for i in new if run.role(i) == "assistant" for call in calls_of(run.parsed(i))]
     if not any(names_from):
         return None
-    kept = set(range(state.head)) | {_origin(x) for x in state.items}
+    kept = set(range(state.head)) | {origin_of(x) for x in state.items}
     compacted = [i for i in range(state.head, state.covered) if i not in kept]
     # names are looked for in the messages' JSON first (one C-speed pass);
     # only the compacted messages that hold one are parsed
@@ -436,7 +342,7 @@ def _compact(run: _Run, state: ConversationState, prior_original: int, counts: l
         if head:
             focus.append(run.parsed(head - 1).text)
         entries = list(state.entries) + compact_units(_group(middle_messages), focus)
-        compacted = state.compacted + sum(1 for p in middle if _origin(items[p]) is not None)
+        compacted = state.compacted + sum(1 for p in middle if origin_of(items[p]) is not None)
         kept_items, kept_tokens = _shorten_long_replies(run, [items[p] for p in kept_positions],
                                                         [item_tokens[p] for p in kept_positions], room)
         note, shown = render_note(entries, max(MIN_NOTE_TOKENS, room - sum(kept_tokens)), compacted, run.encoding)
@@ -462,7 +368,7 @@ def _shorten_long_replies(run: _Run, items: list, tokens: list, room: int) -> tu
             message = run.parsed(item)
             cut = cut_message(message, limit, calls_of(message), run.encoding, run.tokens)
             if cut is not message:
-                items[pos], tokens[pos] = [item, _without_markers(cut.wire)], cut.tokens
+                items[pos], tokens[pos] = [item, without_markers(cut.wire)], cut.tokens
     return items, tokens
 
 
@@ -488,13 +394,13 @@ def _cut_pending(run: _Run, state: ConversationState, pending_from: int) -> Conv
     excess = _total(run, state) - run.plan.budget
     items, tokens = list(state.items), list(state.item_tokens)
     focus = [run.parsed(x).text for x in items if run.role(x) == "assistant"][-1:]
-    order = sorted(range(len(items)), key=lambda p: ((_origin(items[p]) or -1) < pending_from, -tokens[p]))
+    order = sorted(range(len(items)), key=lambda p: ((origin_of(items[p]) or -1) < pending_from, -tokens[p]))
     for pos in order:
         if excess <= 0:
             break
         item = items[pos]
         message = run.parsed(item)
-        if _origin(item) is None or message.role not in ("tool", "user", "function", "assistant"):
+        if origin_of(item) is None or message.role not in ("tool", "user", "function", "assistant"):
             continue
         if run.user_wrote(item) and not message.result_ids:
             continue
@@ -505,7 +411,7 @@ def _cut_pending(run: _Run, state: ConversationState, pending_from: int) -> Conv
         excess -= tokens[pos] - cut.tokens
         # the copy keeps no cache_control of the client's: those belong to the
         # request they came in, and the replay cuts a message that carries none
-        items[pos], tokens[pos] = [_origin(item), _without_markers(cut.wire)], cut.tokens
+        items[pos], tokens[pos] = [origin_of(item), without_markers(cut.wire)], cut.tokens
     return replace(state, items=tuple(items), item_tokens=tuple(tokens))
 
 
