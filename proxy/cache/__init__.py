@@ -9,7 +9,6 @@ from ctxwarden.cache.coalesce import (
     Broadcast,
     FollowerTooSlow,
     InFlight,
-    LeaderCancelled,
     Subscriber,
 )
 from ctxwarden.cache.entry import MAX_ANSWER_BYTES, CachedAnswer
@@ -31,7 +30,6 @@ __all__ = [
     "CachedAnswer",
     "FollowerTooSlow",
     "InFlight",
-    "LeaderCancelled",
     "MemoryCache",
     "StreamRecorder",
     "Subscriber",

@@ -6,17 +6,23 @@ Usage (one event loop; no locks needed because ``join`` does not await)::
 
     entry = inflight.join(key)
     if entry.leader:                       # a Broadcast: we make the upstream call
-        async with entry:                  # failure / cancellation -> followers see it
+        try:
             entry.start(status, headers)
             async for chunk in upstream_body:
                 entry.publish(chunk)
                 ...relay chunk to our own client...
-            entry.finish()
+        except BaseException as exc:       # upstream failure, or our client went away
+            entry.fail(exc if isinstance(exc, Exception) else ClientGone(...))
+            raise
+        entry.finish()
     else:                                  # a Subscriber: replay what the leader gets
         status, headers = await entry.head()
         async for chunk in entry:          # every chunk from the first, in order
             ...
-        # or: body = await entry.body()
+
+(In the proxy, :class:`ctxwarden.caching.CacheTap` drives the broadcast as it
+relays, and :class:`ctxwarden.caching.OpenTap` makes sure every broadcast it
+opened is finished or failed, whatever happens to the request.)
 
 Semantics
 
@@ -28,15 +34,18 @@ Semantics
   (streaming followers get the same events).
 * Whatever the leader publishes is what followers get, error statuses included
   (an upstream 429 or 500 relayed by the leader reaches followers as is).
+* ``finish()`` ends the answer: followers' iteration stops after the last chunk.
 * ``fail(exc)``: followers raise ``exc`` (the same exception object) from
-  ``head()`` / iteration, after the chunks published before the failure.
-* Leaving ``async with entry`` by an exception fails the broadcast with it; by
-  cancellation (the leader's client went away) or ``GeneratorExit``, followers
-  get :class:`LeaderCancelled`. There is no hand-over of a running upstream
-  call: a follower that has sent nothing to its own client yet may simply
-  ``join`` again and becomes (or follows) a new leader; one that has already
-  relayed bytes must end its response as a leader's client would. Leaving the
-  block normally without ``finish()`` fails followers with ``RuntimeError``.
+  ``head()`` (if the leader never started) or from iteration, after the chunks
+  published before the failure. ``finish`` and ``fail`` on a closed broadcast
+  do nothing, so the first one wins.
+* The broadcast's owner must finish or fail it whatever happens: followers wait
+  until it does. A leader whose client goes away is failed by its owner with an
+  error of its own (the proxy's ``CLIENT_GONE``), not with the cancellation.
+  There is no hand-over of a running upstream call: a follower that has sent
+  nothing to its own client yet may simply ``join`` again and becomes (or
+  follows) a new leader; one that has already relayed bytes must end its
+  response as a leader's client would.
 * Finishing or failing releases the key at once, so the next request tries again
   (a finished answer is served by the response cache from then on, not from
   here). Followers already attached keep draining the finished broadcast.
@@ -62,22 +71,17 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from types import TracebackType
 from typing import Any, AsyncIterator, Generic, TypeVar
 
 from ctxwarden.cache.entry import MAX_ANSWER_BYTES
 
-__all__ = ["MAX_BUFFER_BYTES", "Broadcast", "FollowerTooSlow", "InFlight", "LeaderCancelled", "Subscriber"]
+__all__ = ["MAX_BUFFER_BYTES", "Broadcast", "FollowerTooSlow", "InFlight", "Subscriber"]
 
 H = TypeVar("H")
 
 #: Default for how many published bytes a broadcast keeps for its followers:
 #: the response cache's size limit (answers above it are not stored either).
 MAX_BUFFER_BYTES = MAX_ANSWER_BYTES
-
-
-class LeaderCancelled(Exception):
-    """The leader of a coalesced request went away before it finished."""
 
 
 class FollowerTooSlow(Exception):
@@ -248,24 +252,6 @@ class Broadcast(Generic[H]):
             if old == self.base:
                 self._trim()  # it was among the slowest: what it read may go
 
-    async def __aenter__(self) -> "Broadcast[H]":
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.closed:
-            return
-        if exc is None:
-            self.fail(RuntimeError("coalesced leader ended without finishing"))
-        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit)):
-            self.fail(LeaderCancelled(f"coalesced leader for {self.key[:16]} went away"))
-        else:
-            self.fail(exc)
-
     def subscribe(self) -> "Subscriber[H]":
         if self.base:
             raise RuntimeError("broadcast no longer holds its beginning")
@@ -282,7 +268,7 @@ class Broadcast(Generic[H]):
 class Subscriber(Generic[H]):
     """A follower's side: the leader's status, headers and chunks, replayed from the start.
 
-    Iterate it once (``async for`` or :meth:`body`): it keeps its read position,
+    Iterate it once (``async for``): it keeps its read position,
     which is what lets the broadcast drop what every follower has read."""
 
     leader = False
@@ -328,10 +314,6 @@ class Subscriber(Generic[H]):
         finally:
             b._forget(cursor)
 
-    async def body(self) -> bytes:
-        """The whole body once the leader finished (raises the leader's error)."""
-        return b"".join([chunk async for chunk in self])
-
 
 class InFlight:
     """Registry of running leaders by key."""
@@ -341,12 +323,6 @@ class InFlight:
         self._running: dict[str, Broadcast[Any]] = {}
         #: how many join() calls became followers (upstream calls saved)
         self.coalesced = 0
-
-    def __len__(self) -> int:
-        return len(self._running)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._running
 
     def join(self, key: str) -> "Broadcast[Any] | Subscriber[Any]":
         """Become the leader for ``key`` (a Broadcast) or follow the running one (a Subscriber)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -10,12 +12,31 @@ from ctxwarden.cache.coalesce import (
     Broadcast,
     FollowerTooSlow,
     InFlight,
-    LeaderCancelled,
     Subscriber,
 )
 
 HEADERS = [(b"content-type", b"text/event-stream")]
 CHUNKS = [b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n"]
+
+
+class LeaderGone(Exception):
+    """What the owner of a broadcast fails it with when the leader's client goes
+    away (the proxy's ``CLIENT_GONE``): followers never see a cancellation."""
+
+
+async def body(follower: Subscriber) -> bytes:
+    """A follower's whole body, as the proxy reads it: by iteration."""
+    return b"".join([chunk async for chunk in follower])
+
+
+def assert_released(inflight: InFlight, key: str) -> None:
+    """Nothing runs under ``key``: the registry holds nothing for it (a join
+    alone cannot tell, as it replaces a closed broadcast anyway) and the next
+    join leads. The probe leader is failed at once, which releases the key again."""
+    assert key not in inflight._running, f"{key!r} is still held by the registry"
+    probe = inflight.join(key)
+    assert isinstance(probe, Broadcast), f"{key!r} is still in flight"
+    probe.fail(RuntimeError("probe"))
 
 
 class Upstream:
@@ -46,18 +67,21 @@ async def request(inflight: InFlight, key: str, upstream: Upstream, log: list[st
         if log is not None:
             log.append("leader")
         got = []
-        async with entry:
+        try:  # as CacheTap / OpenTap do: every broadcast is finished or failed
             entry.start(200, HEADERS)
             async for chunk in upstream.stream():
                 entry.publish(chunk)
                 got.append(chunk)
-            entry.finish()
+        except BaseException as exc:
+            entry.fail(exc if isinstance(exc, Exception) else LeaderGone("the leader's client went away"))
+            raise
+        entry.finish()
         return 200, HEADERS, b"".join(got)
     assert isinstance(entry, Subscriber)
     if log is not None:
         log.append("follower")
     status, headers = await entry.head()
-    return status, headers, b"".join([c async for c in entry])
+    return status, headers, await body(entry)
 
 
 async def test_fifty_concurrent_calls_make_one_upstream_call() -> None:
@@ -71,7 +95,7 @@ async def test_fifty_concurrent_calls_make_one_upstream_call() -> None:
     assert log.count("leader") == 1 and log.count("follower") == 49
     assert inflight.coalesced == 49
     assert all(r == (200, HEADERS, b"".join(CHUNKS)) for r in results)
-    assert "k" not in inflight and len(inflight) == 0
+    assert_released(inflight, "k")  # the only key used: nothing left in flight
 
 
 async def test_late_follower_gets_everything_from_the_beginning_in_order() -> None:
@@ -122,11 +146,11 @@ async def test_leader_failure_propagates_and_next_call_leads_again() -> None:
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert failing.calls == 1
     assert all(r is boom for r in results)
-    assert "k" not in inflight
+    assert_released(inflight, "k")
 
-    healthy = Upstream()
-    assert await request(inflight, "k", healthy) == (200, HEADERS, b"".join(CHUNKS))
-    assert healthy.calls == 1
+    healthy, log = Upstream(), []
+    assert await request(inflight, "k", healthy, log) == (200, HEADERS, b"".join(CHUNKS))
+    assert log == ["leader"] and healthy.calls == 1
 
 
 async def test_follower_sees_chunks_published_before_the_failure() -> None:
@@ -153,7 +177,8 @@ async def test_failure_before_start_raises_from_head() -> None:
     with pytest.raises(ValueError):
         await waiter
     with pytest.raises(ValueError):
-        await follower.body()
+        await body(follower)
+    assert_released(inflight, "k")
 
 
 async def test_error_status_is_shared_as_is() -> None:
@@ -164,7 +189,7 @@ async def test_error_status_is_shared_as_is() -> None:
     leader.publish(b'{"error":{"type":"rate_limit"}}')
     leader.finish()
     assert await follower.head() == (429, [(b"retry-after", b"1")])
-    assert await follower.body() == b'{"error":{"type":"rate_limit"}}'
+    assert await body(follower) == b'{"error":{"type":"rate_limit"}}'
 
 
 async def test_leader_cancellation_does_not_leave_followers_hanging() -> None:
@@ -174,27 +199,32 @@ async def test_leader_cancellation_does_not_leave_followers_hanging() -> None:
     await asyncio.sleep(0.01)
     followers = [asyncio.create_task(request(inflight, "k", upstream)) for _ in range(5)]
     await asyncio.sleep(0.01)
-    leader.cancel()  # the leader's client went away
+    leader.cancel()  # the leader's client went away: its owner fails the broadcast
     results = await asyncio.wait_for(asyncio.gather(*followers, return_exceptions=True), timeout=2)
-    assert all(isinstance(r, LeaderCancelled) for r in results)
+    assert all(isinstance(r, LeaderGone) for r in results)
+    assert len({id(r) for r in results}) == 1  # the one error the leader was failed with
     with pytest.raises(asyncio.CancelledError):
         await leader
-    assert "k" not in inflight
+    assert_released(inflight, "k")
     # a follower that has sent nothing yet may retry: it becomes the new leader
     upstream.gate.set()
     assert await request(inflight, "k", upstream) == (200, HEADERS, b"".join(CHUNKS))
     assert upstream.calls == 2
 
 
-async def test_leader_leaving_without_finish_fails_followers() -> None:
+async def test_leader_failed_after_start_fails_followers_and_releases_the_key() -> None:
     inflight = InFlight()
     leader = inflight.join("k")
     follower = inflight.join("k")
-    async with leader:
-        leader.start(200, HEADERS)
-    with pytest.raises(RuntimeError):
-        await follower.body()
-    assert "k" not in inflight
+    leader.start(200, HEADERS)
+    gone = LeaderGone("client went away before any chunk")
+    leader.fail(gone)
+    assert await follower.head() == (200, HEADERS)  # it had started
+    with pytest.raises(LeaderGone) as raised:
+        await body(follower)
+    assert raised.value is gone
+    assert leader.closed and leader.error is gone
+    assert_released(inflight, "k")
 
 
 async def test_keys_are_independent_and_released_on_finish() -> None:
@@ -206,6 +236,18 @@ async def test_keys_are_independent_and_released_on_finish() -> None:
     a.finish()
     assert isinstance(inflight.join("a"), Broadcast)  # released: a new leader
     assert isinstance(inflight.join("b"), Subscriber)
+
+
+async def test_the_registry_keeps_no_closed_broadcast() -> None:
+    inflight = InFlight()
+    finished, failed = inflight.join("a"), inflight.join("b")
+    finished.start(200, HEADERS)
+    finished.finish()
+    failed.fail(LeaderGone("gone"))
+    refs = [weakref.ref(finished), weakref.ref(failed)]
+    del finished, failed
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
 
 
 async def test_misuse_is_refused() -> None:
@@ -222,6 +264,21 @@ async def test_misuse_is_refused() -> None:
         leader.publish(b"late")
     leader.fail(ValueError("ignored after finish"))
     assert leader.error is None
+
+
+async def test_the_first_of_fail_and_finish_wins() -> None:
+    inflight = InFlight()
+    leader = inflight.join("k")
+    follower = inflight.join("k")
+    leader.start(200, HEADERS)
+    first = LeaderGone("first")
+    leader.fail(first)
+    leader.fail(LeaderGone("second"))  # e.g. OpenTap.close after the relay failed it
+    leader.finish()
+    assert leader.error is first and not leader.done
+    with pytest.raises(LeaderGone) as raised:
+        await body(follower)
+    assert raised.value is first
 
 
 # --------------------------------------------------------------------------- bounded memory (issue 11, point 14)
@@ -245,8 +302,10 @@ async def test_an_overflowing_broadcast_keeps_only_what_followers_have_not_read(
         assert leader.held <= 100 + 20
         await asyncio.sleep(0)
         if i == 10:
-            assert leader.overflowed and "k" not in inflight
-            assert isinstance(inflight.join("k"), Broadcast), "no newcomer joins an overflowed answer"
+            assert leader.overflowed
+            newcomer = inflight.join("k")
+            assert isinstance(newcomer, Broadcast), "no newcomer joins an overflowed answer"
+            assert newcomer is not leader
     leader.finish()
     await asyncio.wait_for(task, 2)
     assert b"".join(received) == b"".join(bytes([65 + i % 26]) * 20 for i in range(50))
@@ -279,7 +338,8 @@ async def test_below_the_limit_everything_is_kept_for_late_followers() -> None:
     late = inflight.join("k")
     assert isinstance(late, Subscriber) and not leader.overflowed
     leader.finish()
-    assert await late.body() == b"x" * 900
+    assert await body(late) == b"x" * 900
+    assert_released(inflight, "k")
     assert leader.chunks == []  # read by its only follower, then dropped
 
 
