@@ -14,7 +14,7 @@ import functools
 import hmac
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 from starlette.requests import Request
@@ -23,15 +23,26 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .chat import explain_request
-from .config import package_file
+from .config import Config, package_file
 from .dialects import DIALECTS, dialect_for
 from .errors import BadRequest, Unauthorized, error_response
 from .incoming import read_body
-
-if TYPE_CHECKING:   # the app builds the admin routes around its Proxy
-    from .app import Proxy
+from .observability import Telemetry
+from .reload import ConfigReloader
+from .upstream import UpstreamClient
 
 log = logging.getLogger("ctxwarden")
+
+class Proxy(Protocol):
+    """What the admin endpoints read of the running proxy (app.Proxy): the current config and its parts."""
+
+    @property
+    def config(self) -> Config: ...
+
+    client: UpstreamClient | None
+    telemetry: Telemetry
+    reloader: ConfigReloader | None
+
 
 OPEN_PATHS = frozenset({"/_ctxwarden/health", "/_ctxwarden/ready", "/_ctxwarden/parallel"})
 TOKEN_HEADER = "x-ctxwarden-admin-token"

@@ -60,7 +60,7 @@ class Proxy:
         self.gate = UpstreamGate(config.server.max_connections, config.parallel_execution.resource_limit)
         self.telemetry.metrics.watch_gate(self.gate)
         self.telemetry.metrics.watch_cache_backend(self.cache.backend)
-        self.gateway = Gateway(config, self.client, self.telemetry, self.cache)
+        self.gateway = Gateway.build(config, self.client, self.telemetry, self.cache)
         if self.config_path is not None:
             self.reloader = ConfigReloader(self.config_path, self.apply, self.telemetry.metrics,
                                            config.server.reload_interval, self.last_good_path)
@@ -75,7 +75,7 @@ class Proxy:
         upstream URLs and keys included (a Gateway is never changed, only
         replaced). Raises ConfigError, changing nothing, when a key is unset."""
         assert self.client is not None and self.gate is not None
-        gateway = Gateway(config, self.client, self.telemetry, self.cache)
+        gateway = Gateway.build(config, self.client, self.telemetry, self.cache)
         self.gate.reconfigure(self.initial_config.server.max_connections, config.parallel_execution.resource_limit)
         self.gateway = gateway
         reapply_logging(config.logging)

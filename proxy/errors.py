@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from starlette.responses import Response
-
-if TYPE_CHECKING:
-    from .dialects import Dialect
 
 
 class ProxyError(Exception):
@@ -107,7 +104,13 @@ class UpstreamTimeout(UpstreamError):
     kind = "timeout"
 
 
-def error_response(exc: ProxyError, dialect: Dialect) -> Response:
+class ErrorShape(Protocol):
+    """What of a dialect an error response needs (every Dialect has it)."""
+
+    def error_body(self, status: int, message: str) -> dict: ...
+
+
+def error_response(exc: ProxyError, dialect: ErrorShape) -> Response:
     """The one place an error the proxy answers itself becomes a response, in the dialect's shape."""
     body = json.dumps(dialect.error_body(exc.status, exc.message)).encode()
     return Response(body, status_code=exc.status, media_type="application/json", headers=dict(exc.headers))

@@ -10,7 +10,6 @@ that does it; the gateway hands every chat request here.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import anyio
 import httpx
@@ -20,6 +19,7 @@ from .cache import Subscriber, credential_fingerprint
 from .caching import CACHE_HEADER, OpenTap, follow, request_policy
 from .chat import ChatRequest, manages, parse_chat_body, prepare_chat
 from .config import Upstream
+from .context import Context
 from .dialects import Dialect
 from .incoming import Incoming
 from .observability.record import RequestRecord
@@ -27,45 +27,42 @@ from .outgoing import Slot, send
 from .pipeline import conversation_keys
 from .upstream import relay
 
-if TYPE_CHECKING:   # the gateway calls this module
-    from .gateway import Gateway
-
 # Bodies larger than this are counted and rewritten on a worker thread, so
 # one huge request does not stall every other request on the event loop.
 OFFLOAD_BODY_BYTES = 256 * 1024
 
 
-async def chat(gateway: Gateway, request: Incoming, raw: bytes, dialect: Dialect, record: RequestRecord,
+async def chat(context: Context, request: Incoming, raw: bytes, dialect: Dialect, record: RequestRecord,
                opened: OpenTap, slot: Slot | None = None) -> Response:
     started = time.perf_counter()
     body = parse_chat_body(raw)
-    target = gateway.routes.route(dialect.name, body["model"])
-    rewritten = await rewrite(gateway, request, raw, body, dialect, target.upstream)
+    target = context.routes.route(dialect.name, body["model"])
+    rewritten = await rewrite(context, request, raw, body, dialect, target.upstream)
     record.rewrite_seconds = time.perf_counter() - started
     record.rewrite, record.rewrite_reason = rewritten.rewrite, rewritten.reason
     record.tokens_before, record.tokens_after = rewritten.tokens_before, rewritten.tokens_after
     record.cost_sent, record.cost_passthrough = rewritten.cost_sent, rewritten.cost_passthrough
     headers = rewritten.headers()
-    policy = request_policy(gateway.config.cache, target.name, request.path, rewritten.body,
+    policy = request_policy(context.config.cache, target.name, request.path, rewritten.body,
                             request.headers, request.header(b"cache-control"), query=request.query)
 
     async def upstream() -> httpx.Response:
-        return await send(gateway.client, record, target, request, rewritten.content, slot,
-                          gateway.config.server.slot_timeout)
+        return await send(context.client, record, target, request, rewritten.content, slot,
+                          context.config.server.slot_timeout)
 
     if policy.key is None:
         record.cache = "bypass"
         return await relay(await upstream(), headers + [(CACHE_HEADER, b"bypass")], dialect, record)
-    hit = await gateway.cache.lookup(policy, dialect, headers)
+    hit = await context.cache.lookup(policy, dialect, headers)
     if hit is not None:
         record.cache = "hit"
         return hit
-    entry = gateway.cache.join(policy)
+    entry = context.cache.join(policy)
     if isinstance(entry, Subscriber):
         record.cache = "hit"
         return await follow(entry, dialect, policy.stream, headers)
     record.cache = "miss"
-    tap = opened.open(gateway.cache, policy, dialect, entry)
+    tap = opened.open(context.cache, policy, dialect, entry)
     try:
         response = await upstream()
     except BaseException as exc:
@@ -74,21 +71,21 @@ async def chat(gateway: Gateway, request: Incoming, raw: bytes, dialect: Dialect
     return await relay(response, headers + [(CACHE_HEADER, b"miss")], dialect, record, tap)
 
 
-async def rewrite(gateway: Gateway, request: Incoming, raw: bytes, body: dict, dialect: Dialect,
+async def rewrite(context: Context, request: Incoming, raw: bytes, body: dict, dialect: Dialect,
                   upstream: Upstream) -> ChatRequest:
     """The request to send, continuing the conversation's state from the cache
     backend (shared by replicas on Redis) and keeping the new state there."""
-    tokens = gateway.config.token_management
+    tokens = context.config.token_management
     pricing = upstream.pricing_for(body["model"])
     large = len(raw) > OFFLOAD_BODY_BYTES
     if not manages(tokens, dialect.name, body, raw):
         return await _call(large, prepare_chat, tokens, dialect.name, raw, body, pricing)
     keys = await _call(large, conversation_keys, body, dialect.name)
     tenant = credential_fingerprint(request.headers, query=request.query)
-    state = await gateway.cache.load_conversation(tenant, keys)
+    state = await context.cache.load_conversation(tenant, keys)
     chat = await _call(large, prepare_chat, tokens, dialect.name, raw, body, pricing, state, keys)
     if chat.state is not None and (state is None or chat.state.key != state.key):
-        await gateway.cache.store_conversation(tenant, chat.state)
+        await context.cache.store_conversation(tenant, chat.state)
     return chat
 
 

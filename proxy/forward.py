@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.responses import Response
 
+from .context import Context
 from .incoming import Incoming
 from .observability.record import RequestRecord
 from .outgoing import Slot, send
 from .upstream import relay
 
-if TYPE_CHECKING:   # the gateway calls this module
-    from .gateway import Gateway
 
-
-async def forward(gateway: Gateway, request: Incoming, body: bytes, record: RequestRecord,
+async def forward(context: Context, request: Incoming, body: bytes, record: RequestRecord,
                   slot: Slot | None) -> Response:
-    target = gateway.routes.route(record.dialect, None)
-    response = await send(gateway.client, record, target, request, body or None, slot,
-                          gateway.config.server.slot_timeout)
+    target = context.routes.route(record.dialect, None)
+    response = await send(context.client, record, target, request, body or None, slot,
+                          context.config.server.slot_timeout)
     return await relay(response, [], None, record)

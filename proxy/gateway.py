@@ -24,31 +24,21 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from . import flow
-from .caching import OpenTap, ResponseCache
-from .config import Config
+from .caching import OpenTap
+from .context import Context
 from .dialects import chat_dialect, dialect_for, get_dialect
 from .errors import ClientClosed, NotFound, ProxyError, UpstreamError, error_response
 from .forward import forward
 from .incoming import Incoming, read_body, until_disconnected
-from .observability import Telemetry
 from .observability.record import RequestRecord
 from .outgoing import Slot
 from .parallel.gate import UpstreamGate
-from .routing import Routes, check_path
-from .upstream import UpstreamClient
+from .routing import check_path
 
 log = logging.getLogger("ctxwarden")
 
-class Gateway:
-    """Everything a request needs that is derived from one config."""
-
-    def __init__(self, config: Config, client: UpstreamClient, telemetry: Telemetry, cache: ResponseCache):
-        self.config = config
-        # Keys are read here, once per config: raises ConfigError when one is missing.
-        self.routes = Routes.resolve(config.upstreams)
-        self.client = client
-        self.telemetry = telemetry
-        self.cache = cache
+class Gateway(Context):
+    """The front door over one config's Context (``Gateway.build``)."""
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, gate: UpstreamGate) -> None:
         """Answer one proxied request; the slot it takes is held until the

@@ -18,7 +18,7 @@ from ctxwarden.dialects import get_dialect
 from ctxwarden.config import ParallelExecution
 from ctxwarden.errors import ClientClosed, error_response
 from ctxwarden.parallel import answers, executor
-from ctxwarden.parallel.answers import AnswerUnreadable, TaskAnswer, answer_text, decode_content
+from ctxwarden.parallel.answers import AnswerUnreadable, TaskAnswer, decode_content
 from ctxwarden.parallel.endpoint import run_parallel, task_headers
 from ctxwarden.parallel.executor import run_task_graph
 from ctxwarden.parallel.gate import UpstreamGate
@@ -149,7 +149,7 @@ BODY = json.dumps(openai_answer("compressed answer")).encode()
 def test_answers_are_decoded_whatever_their_encoding(encoding, data) -> None:
     headers = {"Content-Encoding": encoding} if encoding else {}
     answer = TaskAnswer.from_http(200, data, headers)
-    assert answer.error is None and answer_text(answer.body) == "compressed answer"
+    assert answer.error is None and get_dialect("openai").answer_text(answer.body) == "compressed answer"
     assert decode_content(data, encoding) == BODY
 
 
