@@ -119,6 +119,23 @@ async def bench_httpx(port: int, conc: int, n: int, keepalive: int) -> tuple[flo
         await transport.aclose()
 
 
+async def bench_aiohttp(port: int, conc: int, n: int) -> tuple[float, float]:
+    import aiohttp
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100), skip_auto_headers=("User-Agent",),
+                                    auto_decompress=False)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+
+    async def one() -> None:
+        async with session.post(url, data=BODY, headers={"content-type": "application/json"}) as response:
+            await response.read()
+
+    try:
+        return await drive(one, conc, n)
+    finally:
+        await session.close()
+
+
 async def bench_lean(port: int, conc: int, n: int) -> tuple[float, float]:
     pool = LeanPool("127.0.0.1", port)
     raw = (
@@ -150,6 +167,8 @@ def main() -> int:
             ("httpx transport (keepalive 20)", 1, lambda: bench_httpx(port, 1, args.n, 20)),
             ("httpx transport (keepalive 20)", 50, lambda: bench_httpx(port, 50, args.n, 20)),
             ("httpx transport (keepalive 100)", 50, lambda: bench_httpx(port, 50, args.n, 100)),
+            ("aiohttp ClientSession", 1, lambda: bench_aiohttp(port, 1, args.n)),
+            ("aiohttp ClientSession", 50, lambda: bench_aiohttp(port, 50, args.n)),
             ("asyncio protocol + httptools, LIFO pool", 1, lambda: bench_lean(port, 1, args.n)),
             ("asyncio protocol + httptools, LIFO pool", 50, lambda: bench_lean(port, 50, args.n)),
         ]:

@@ -1,5 +1,6 @@
-"""Forwarding to an upstream over one shared httpx.AsyncClient, and relaying
-its answer back: whole for small bodies, chunk by chunk for streams."""
+"""Forwarding to an upstream over the process's one connection pool (an httpx
+transport, aiohttp's pool under it: see transport.py), and relaying its
+answer back: whole for small bodies, chunk by chunk for streams."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .dialects import Dialect, get_dialect
 from .errors import BadPath, UpstreamTimeout, UpstreamUnavailable
 from .observability.record import RequestRecord
 from .routing import Target
+from .transport import AiohttpTransport
 
 log = logging.getLogger("ctxwarden.upstream")
 
@@ -59,89 +61,21 @@ def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
     return [(k, v) for k, v in raw if k.lower() not in drop]
 
 
-# Connections per pool shard. httpcore scans every connection of its pool on
-# each request and each release, so one pool of 100 costs twice the CPU per
-# request at 50 concurrent requests that it costs at 1; shards of 10 keep the
-# cost flat (bench/overhead.py).
-SHARD_CONNECTIONS = 10
-
-
-class ShardedPoolTransport(httpx.AsyncBaseTransport):
-    """httpx connection pools side by side; each request goes to the least busy.
-
-    Ties go to the first shard, so light traffic keeps reusing the same few
-    warm connections."""
-
-    def __init__(self, limits: httpx.Limits):
-        total = limits.max_connections or 100
-        count = max(1, -(-total // SHARD_CONNECTIONS))
-        keepalive = limits.max_keepalive_connections
-        self._shards = [
-            httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=_share(total, count, i),
-                                    max_keepalive_connections=None if keepalive is None else
-                                    _share(keepalive, count, i)),
-                trust_env=False)
-            for i in range(count)
-        ]
-        self._busy = [0] * count
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        busy = self._busy
-        shard = busy.index(min(busy))
-        busy[shard] += 1
-        try:
-            response = await self._shards[shard].handle_async_request(request)
-        except BaseException:
-            busy[shard] -= 1
-            raise
-        response.stream = _ReleasingStream(response.stream, busy, shard)
-        return response
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
-
-
-def _share(total: int, parts: int, index: int) -> int:
-    return total // parts + (1 if index < total % parts else 0)
-
-
-class _ReleasingStream(httpx.AsyncByteStream):
-    def __init__(self, stream, busy: list[int], shard: int):
-        self._stream = stream
-        self._busy = busy
-        self._shard: int | None = shard
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            if self._shard is not None:
-                self._busy[self._shard] -= 1
-                self._shard = None
-
-
 class UpstreamClient:
-    """The process's one httpx.AsyncClient; what to send where comes with each
-    request as a Target (URL, key and timeouts of one config together).
+    """The process's one upstream connection pool; what to send where comes
+    with each request as a Target (URL, key and timeouts of one config together).
 
-    Requests go straight to the client's transport (its connection pool): a
-    proxy wants none of the client layer's extras. Redirects must reach the
-    caller as they are, and a cookie jar shared by every tenant would hand one
-    caller's upstream cookies to the next; skipping that layer also halves the
-    per-request cost.
+    Requests go straight to an httpx transport, never through an
+    httpx.AsyncClient: a proxy wants none of the client layer's extras.
+    Redirects must reach the caller as they are, and a cookie jar shared by
+    every tenant would hand one caller's upstream cookies to the next.
     """
 
-    def __init__(self, server: ServerSettings):
-        self._transport = ShardedPoolTransport(
+    def __init__(self, server: ServerSettings, transport: httpx.AsyncBaseTransport | None = None):
+        # aiohttp's pool by default (transport.py); tests may hand in httpx's own (respx mocks it)
+        self._transport = transport or AiohttpTransport(
             httpx.Limits(max_connections=server.max_connections,
                          max_keepalive_connections=server.max_keepalive_connections))
-        self._client = httpx.AsyncClient(transport=self._transport, timeout=None, trust_env=False)
 
     async def unreachable(self, upstreams: list[Upstream]) -> dict[str, str]:
         """Upstreams that refuse a TCP connection now, with the reason."""
@@ -158,7 +92,7 @@ class UpstreamClient:
         return problems
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     async def send(self, target: Target, method: str, path: str, query: bytes,
                    headers: list[tuple[bytes, bytes]], content: bytes | None) -> httpx.Response:

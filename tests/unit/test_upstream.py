@@ -48,7 +48,7 @@ def test_missing_key_variable_is_a_config_error(monkeypatch):
 async def test_send_builds_url_with_query_and_injects_key(monkeypatch):
     monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-ant-server")
     route = respx.post("https://anthropic.example.test/v1/messages?beta=true").respond(200, json={"ok": 1})
-    client = UpstreamClient(ServerSettings())
+    client = UpstreamClient(ServerSettings(), transport=httpx.AsyncHTTPTransport())   # respx mocks httpx's pool
     target = Routes.resolve((ANTHROPIC,)).route("anthropic", None)
     assert target == Target(ANTHROPIC, "sk-ant-server")
     response = await client.send(target, "POST", "/v1/messages", b"beta=true",
@@ -63,7 +63,7 @@ async def test_send_builds_url_with_query_and_injects_key(monkeypatch):
 
 @respx.mock
 async def test_connect_error_is_502_and_timeout_is_504():
-    client = UpstreamClient(ServerSettings())
+    client = UpstreamClient(ServerSettings(), transport=httpx.AsyncHTTPTransport())   # respx mocks httpx's pool
     target = Target(OPENAI, None)
     respx.get("https://api.example.test/v1/models").mock(side_effect=httpx.ConnectError("refused"))
     with pytest.raises(UpstreamUnavailable):
