@@ -56,10 +56,12 @@ class Proxy:
                          *(m.encoding for m in config.token_management.models if m.encoding)}:
             get_encoding(encoding)
         self.client = UpstreamClient(config.server)
-        self.cache = ResponseCache(make_backend(config.cache), config.cache.ttl)
+        self.cache = ResponseCache(make_backend(config.cache), config.cache.ttl, config.cache.coalesce_wait)
         self.gate = UpstreamGate(config.server.max_connections, config.parallel_execution.resource_limit)
         self.telemetry.metrics.watch_gate(self.gate)
         self.telemetry.metrics.watch_cache_backend(self.cache.backend)
+        if self.cache.replicas is not None:
+            self.telemetry.metrics.watch_replica_coalescing(self.cache.replicas)
         self.gateway = Gateway.build(config, self.client, self.telemetry, self.cache)
         if self.config_path is not None:
             self.reloader = ConfigReloader(self.config_path, self.apply, self.telemetry.metrics,

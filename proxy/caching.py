@@ -1,5 +1,6 @@
 """The response cache at the gateway: lookup, replay of hits as JSON or SSE,
-in-flight coalescing, and storing answers that completed cleanly.
+in-flight coalescing (in process, then across replicas on Redis: see
+:mod:`ctxwarden.cache.distributed`), and storing answers that completed cleanly.
 
 The key covers the upstream, the path and query string, the rewritten body
 (less `stream` and its options), the headers that change an answer and a
@@ -53,6 +54,7 @@ from .cache import (
     response_cache_key,
 )
 from .cache.coalesce import Broadcast
+from .cache.distributed import Lease, ReplicaCoalescing
 from .config import CacheSettings
 from .dialects import ANSWER_HEADERS, Dialect
 from .errors import ProxyError, UpstreamUnavailable
@@ -62,6 +64,7 @@ from .upstream import CLIENT_GONE
 log = logging.getLogger("ctxwarden.cache")
 
 CACHE_HEADER = b"x-ctxwarden-cache"
+COALESCED = (b"x-ctxwarden-coalesced", b"1")
 # Message boundaries looked up for a conversation's state, newest first: a
 # request that adds more messages than this to a known history is replayed.
 MAX_STATE_LOOKUPS = 64
@@ -105,10 +108,14 @@ def make_backend(settings: CacheSettings) -> CacheBackend:
 
 
 class ResponseCache:
-    def __init__(self, backend: CacheBackend, ttl: float):
+    def __init__(self, backend: CacheBackend, ttl: float, coalesce_wait: float = 0.0):
         self.backend = backend
         self.ttl = ttl
         self.inflight = InFlight()
+        #: cross-replica coalescing: on a shared (Redis) backend only
+        self.replicas: ReplicaCoalescing | None = None
+        if backend.name == "redis" and coalesce_wait > 0:
+            self.replicas = ReplicaCoalescing(backend, coalesce_wait)  # type: ignore[arg-type]
 
     async def lookup(self, policy: CachePolicy, dialect: Dialect,
                      extra_headers: list[tuple[bytes, bytes]]) -> Response | None:
@@ -116,22 +123,29 @@ class ResponseCache:
         assert policy.key is not None
         if not policy.read:
             return None
-        stored = await self.backend.get(policy.key)
-        if stored is None:
+        answer = _answer(await self.backend.get(policy.key))
+        if answer is None:
             return None
-        try:
-            answer = CachedAnswer.from_bytes(stored)
-        except ValueError:
+        return _replay(answer, policy, dialect, extra_headers + [(CACHE_HEADER, b"hit")])[0]
+
+    async def across_replicas(self, tap: CacheTap, extra_headers: list[tuple[bytes, bytes]]) -> Response | None:
+        """After a miss, for the process's leader: lead the identical requests
+        of other replicas too (the tap releases the lock once the answer is
+        stored or failed), or serve the answer their leader stored, as a hit
+        (the process's own followers get it too). None: call upstream."""
+        policy = tap.policy
+        if self.replicas is None or policy.key is None or not policy.read:
             return None
-        headers = extra_headers + [(CACHE_HEADER, b"hit"), (b"age", str(answer.age()).encode())]
-        if policy.stream:
-            events = replay_sse(dialect, answer.body, policy.include_usage)
-            response = StreamingResponse(_iterate(events), status_code=answer.status,
-                                         media_type="text/event-stream")
-            response.raw_headers += [(b"cache-control", b"no-cache")] + headers
-            return response
-        response = Response(answer.body, status_code=answer.status, media_type=answer.content_type)
-        response.raw_headers += headers
+        joined = await self.replicas.join(policy.key)
+        if isinstance(joined, Lease):
+            tap.lease = joined
+            return None
+        answer = _answer(joined)
+        if answer is None:
+            return None
+        response, head, chunks = _replay(answer, policy, tap.dialect,
+                                         extra_headers + [(CACHE_HEADER, b"hit"), COALESCED])
+        tap.replayed(answer.status, head, chunks)
         return response
 
     def join(self, policy: CachePolicy) -> Broadcast | Subscriber | None:
@@ -160,6 +174,33 @@ class ResponseCache:
         await self.backend.set(conversation_store_key(state.key, tenant), state.to_bytes(), self.ttl)
 
 
+def _answer(stored: bytes | None) -> CachedAnswer | None:
+    if stored is None:
+        return None
+    try:
+        return CachedAnswer.from_bytes(stored)
+    except ValueError:
+        return None
+
+
+def _replay(answer: CachedAnswer, policy: CachePolicy, dialect: Dialect, extra_headers: list[tuple[bytes, bytes]]
+            ) -> tuple[Response, list[tuple[bytes, bytes]], list[bytes]]:
+    """A stored answer as the client asked for it: the response, and its own
+    headers and body chunks (what coalesced followers are sent)."""
+    if policy.stream:
+        head = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+        chunks = replay_sse(dialect, answer.body, policy.include_usage)
+        response: Response = StreamingResponse(_iterate(chunks), status_code=answer.status)
+        response.raw_headers = list(head)
+    else:
+        head = [(b"content-type", answer.content_type.encode("latin-1"))]
+        chunks = [answer.body]
+        response = Response(answer.body, status_code=answer.status)
+        response.raw_headers += head
+    response.raw_headers += extra_headers + [(b"age", str(answer.age()).encode())]
+    return response, head, chunks
+
+
 def coalescing_key(policy: CachePolicy) -> str:
     """Requests in flight at once under one such key share one upstream call:
     same response key, same form (JSON or SSE), same accepted encodings."""
@@ -177,7 +218,7 @@ async def follow(subscriber: Subscriber, dialect: Dialect, stream: bool,
     bytes (so a leader's failure still reaches it as an error response), and
     streams the rest of a larger one rather than holding it whole."""
     status, headers = await subscriber.head()
-    headers = headers + extra_headers + [(CACHE_HEADER, b"hit"), (b"x-ctxwarden-coalesced", b"1")]
+    headers = headers + extra_headers + [(CACHE_HEADER, b"hit"), COALESCED]
     if not stream:
         chunks = aiter(subscriber)
         buffered: list[bytes] = []
@@ -243,6 +284,8 @@ class CacheTap:
         self.dialect = dialect
         self.broadcast = broadcast
         self.limit = limit
+        #: the cross-replica lock this request leads under, released at the end
+        self.lease: Lease | None = None
         self.status = 0
         self.content_type = ""
         self.encoding: str | None = None
@@ -308,10 +351,30 @@ class CacheTap:
         self.recorder = None
         self._decoder = None
 
+    def replayed(self, status: int, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> None:
+        """The request was answered from the cache after all (another replica's
+        leader stored it): the process's followers get that answer; nothing to store."""
+        self.ended = True
+        if self.broadcast is not None:
+            self.broadcast.start(status, headers)
+            for chunk in chunks:
+                self.broadcast.publish(chunk)
+            self.broadcast.finish()
+
     async def end(self, error: Exception | None) -> None:
         if self.ended:
             return
         self.ended = True
+        try:
+            await self._end(error)
+        finally:
+            if self.lease is not None:
+                # Stored or failed: other replicas stop waiting. Shielded: the
+                # request may be ending in a cancelled scope (bounded by redis_timeout).
+                with anyio.CancelScope(shield=True):
+                    await self.lease.release()
+
+    async def _end(self, error: Exception | None) -> None:
         if self.broadcast is not None:
             if error is None:
                 self.broadcast.finish()

@@ -125,6 +125,9 @@ class CacheSettings:
     redis_url_env: str | None = None
     key_prefix: str = "ctxwarden:"
     redis_timeout: float = 0.5
+    # Seconds a replica waits for another replica's identical request (Redis
+    # backend only); also the cross-replica lock's lifetime. 0: no waiting.
+    coalesce_wait: float = 30.0
 
     def resolved_redis_url(self) -> str | None:
         if self.redis_url_env:
@@ -323,6 +326,7 @@ def _build_cache(node, source: str, issues: list[ConfigIssue]) -> CacheSettings:
         redis_url_env=node.get("redis_url_env"),
         key_prefix=node.get("key_prefix", d.key_prefix),
         redis_timeout=float(node.get("redis_timeout", d.redis_timeout)),
+        coalesce_wait=float(node.get("coalesce_wait", d.coalesce_wait)),
     )
     if cache.backend == "redis" and not (cache.redis_url or cache.redis_url_env):
         issues.append(ConfigIssue(source, node.sourceline, "backend=\"redis\" needs redis_url or redis_url_env"))

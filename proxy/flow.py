@@ -1,8 +1,9 @@
 """A chat request, start to end.
 
 parse → route → rewrite (with the conversation's state) → answer from the
-cache, or follow an identical request already in flight, or send upstream
-and relay the answer (recording it for the cache and for followers) → the
+cache, or follow an identical request already in flight (in this process,
+then on another replica sharing the Redis cache), or send upstream and relay
+the answer (recording it for the cache and for followers) → the
 rewrite's headers on the response.  Each step is one call into the module
 that does it; the gateway hands every chat request here.
 """
@@ -61,8 +62,12 @@ async def chat(context: Context, request: Incoming, raw: bytes, dialect: Dialect
     if isinstance(entry, Subscriber):
         record.cache = "hit"
         return await follow(entry, dialect, policy.stream, headers)
-    record.cache = "miss"
     tap = opened.open(context.cache, policy, dialect, entry)
+    shared = await context.cache.across_replicas(tap, headers)
+    if shared is not None:
+        record.cache = "hit"
+        return shared
+    record.cache = "miss"
     try:
         response = await upstream()
     except BaseException as exc:

@@ -18,6 +18,11 @@ A Redis outage never reaches the caller:
   texts.
 
 Keys are ``prefix + key``; values are stored with ``SET ... PX <ttl ms>``.
+
+Three more operations, with the same bounds and breaker, serve the lock of
+cross-replica coalescing (:mod:`ctxwarden.cache.distributed`): ``add`` (``SET
+NX PX``), ``delete_if`` (delete only while the key still holds a given value,
+one Lua script) and ``get_many`` (``MGET``: one atomic read of several keys).
 """
 
 from __future__ import annotations
@@ -31,6 +36,14 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 __all__ = ["RedisCache", "redact_url"]
 
 log = logging.getLogger("ctxwarden.cache.redis")
+
+# Delete KEYS[1] only while it holds ARGV[1]: a lock is released by its owner only.
+_DELETE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 T = TypeVar("T")
 
@@ -108,6 +121,7 @@ class RedisCache:
             retry=Retry(NoBackoff(), 1),
             retry_on_timeout=False,
         )
+        self._delete_if = self._client.register_script(_DELETE_IF)
         #: failed attempts (timeouts, refused connections, server errors)
         self.failures = 0
         #: operations not attempted because the breaker was open
@@ -201,6 +215,25 @@ class RedisCache:
 
     async def delete(self, key: str) -> None:
         await self._run("delete", lambda: self._client.delete(self.prefix + key))
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool | None:
+        """Set `key` only if it does not exist (``SET NX PX``): True when set,
+        False when it exists, None when Redis failed or the breaker is open."""
+        px = max(1, int(ttl * 1000))
+        ok, done = await self._run("add", lambda: self._client.set(self.prefix + key, value, px=px, nx=True))
+        return bool(done) if ok else None
+
+    async def delete_if(self, key: str, value: bytes) -> bool:
+        """Delete `key` if it still holds `value`; True when it was deleted."""
+        ok, deleted = await self._run("delete_if", lambda: self._delete_if(keys=[self.prefix + key], args=[value]))
+        return bool(ok and deleted)
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None] | None:
+        """The values of `keys` read at one instant (``MGET``); None when Redis failed."""
+        ok, values = await self._run("get_many", lambda: self._client.mget([self.prefix + k for k in keys]))
+        if not ok or values is None:
+            return None
+        return [None if v is None else bytes(v) for v in values]
 
     async def ping(self) -> bool:
         """True when Redis answers now (subject to the breaker, like any call)."""

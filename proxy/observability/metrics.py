@@ -29,6 +29,13 @@ class Gate(Protocol):
     def snapshot(self) -> dict[str, int | float]: ...
 
 
+class ReplicaCounts(Protocol):
+    """What the metrics read of cross-replica coalescing (cache/distributed.py)."""
+
+    coalesced: int
+    fallbacks: dict[str, int]
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -65,6 +72,8 @@ class Metrics:
         self.parallel_tasks = Gauge("ctxwarden_parallel_tasks_in_flight", "Parallel tasks running", registry=r)
         self._cache_backends: list[CacheBackend] = []
         r.register(_CacheBackendCollector(self._cache_backends))
+        self._replicas: list[ReplicaCounts] = []
+        r.register(_ReplicaCollector(self._replicas))
         self._gates: list[Gate] = []
         r.register(_GateCollector(self._gates))
         self.config_reloads = Counter("ctxwarden_config_reloads", "Config reload attempts", ["result"], registry=r)
@@ -94,6 +103,10 @@ class Metrics:
         """Export a cache backend's own failure count (Redis keeps one)."""
         self._cache_backends.append(backend)
 
+    def watch_replica_coalescing(self, replicas: ReplicaCounts) -> None:
+        """Export cross-replica coalescing's counts (Redis backend)."""
+        self._replicas.append(replicas)
+
     def watch_gate(self, gate: Gate) -> None:
         """Export the upstream gate's slots in use and waiting, by kind."""
         self._gates.append(gate)
@@ -112,6 +125,27 @@ class _CacheBackendCollector(Collector):
         for backend in self._backends:
             family.add_metric([backend.name], getattr(backend, "failures", 0))
         yield family
+
+
+class _ReplicaCollector(Collector):
+    def __init__(self, replicas: list[ReplicaCounts]) -> None:
+        self._replicas = replicas
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        if not self._replicas:  # not on Redis: nothing to report
+            return
+        coalesced = CounterMetricFamily(
+            "ctxwarden_cache_replica_coalesced", "Requests served the answer another replica's identical "
+            "request fetched (cross-replica coalescing)")
+        fallbacks = CounterMetricFamily(
+            "ctxwarden_cache_replica_fallbacks", "Requests that waited for another replica's identical request "
+            "and then called upstream themselves, by reason", labels=["reason"])
+        for replicas in self._replicas:
+            coalesced.add_metric([], replicas.coalesced)
+            for reason, count in replicas.fallbacks.items():
+                fallbacks.add_metric([reason], count)
+        yield coalesced
+        yield fallbacks
 
 
 class _GateCollector(Collector):

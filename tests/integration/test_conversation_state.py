@@ -12,7 +12,8 @@ that it is compacted several times:
   client's own breakpoints moved every turn; OpenAI with the user adding a
   message after a tool output, before the assistant answers);
 * between compactions every turn's messages start with the previous turn's;
-* two replicas on one real redis-server find each other's state there;
+* two replicas on one real redis-server find each other's state there, and
+  three `ctxwarden serve` processes on it taking turns keep a byte-stable prefix;
 * the state is per tenant (credential); a retried turn sends the same bytes;
 * cost headers, Prometheus counters and live stats agree and show a saving.
 """
@@ -37,7 +38,7 @@ from ctxwarden.cache import conversation_store_key, credential_fingerprint
 from ctxwarden.config import parse_config
 from ctxwarden.pipeline import ConversationState, conversation_keys
 from ctxwarden.dialects.anthropic.markers import count_breakpoints
-from tests.servers import serve_app
+from tests.servers import cli_server, serve_app
 
 BUDGET = 4000
 OPENAI_MODEL = "gpt-4o-mini"
@@ -443,6 +444,33 @@ def test_replicas_on_one_redis_continue_each_others_state(dialect, fake_upstream
     alone = single_proxy_turns(dialect).turns
     _assert_same_bodies(turns, alone, "replicas on Redis")
     assert _assert_append_only(turns) >= 5
+
+
+def test_serve_replicas_on_one_redis_keep_a_byte_stable_prefix(fake_upstream_server, upstream, sender,
+                                                                single_proxy_turns, redis_url, tmp_path):
+    """Three `ctxwarden serve` processes on one Redis, the turns going round
+    them: every appended turn starts with the previous turn's bytes, and every
+    turn sends what one proxy alone sends."""
+    redis = pytest.importorskip("redis")
+    prefix = f"convserve{time.monotonic_ns()}:"
+    path = tmp_path / "replicas.xml"
+    path.write_text(_config(fake_upstream_server.url,
+                            f'<cache backend="redis" redis_url="{redis_url}" key_prefix="{prefix}"/>'))
+    store = redis.Redis.from_url(redis_url)
+    try:
+        with cli_server(path) as (first, _), cli_server(path) as (second, _), cli_server(path) as (third, _):
+            urls = (first, second, third)
+            turns = [sender.send("openai", urls[i % 3], messages, upstream.recorder)
+                     for i, messages in enumerate(HISTORIES["openai"]())]
+        states = _redis_keys(store, prefix + "conv:*")
+        assert len(states) >= 5, "the replicas kept the conversation's state in Redis"
+    finally:
+        stale = list(store.scan_iter(match=prefix + "*", count=1000))
+        if stale:
+            store.delete(*stale)
+        store.close()
+    assert _assert_append_only(turns) >= 5
+    _assert_same_bodies(turns, single_proxy_turns("openai").turns, "serve replicas on Redis")
 
 
 # ------------------------------------------------------------------ 3. tenancy

@@ -306,3 +306,13 @@ def test_low_water_per_model_overrides_the_global_one():
     assert rewrite_plan(tm, body, OPENAI_PRICING).low_water == 0.5
     with pytest.raises(ConfigError):
         parse(xml.format('<model pattern="x" low_water="1.2"/>'))
+
+
+def test_coalesce_wait_is_read_and_may_be_zero_but_not_negative():
+    assert parse_config("<performance_optimization/>").cache.coalesce_wait == 30.0
+    wait = '<performance_optimization><cache backend="redis" redis_url="redis://h" coalesce_wait="{}"/></performance_optimization>'
+    assert parse_config(wait.format("2.5")).cache.coalesce_wait == 2.5
+    assert parse_config(wait.format("0")).cache.coalesce_wait == 0.0
+    with pytest.raises(ConfigError) as caught:
+        parse_config(wait.format("-1"), source="bad.xml")
+    assert "coalesce_wait" in caught.value.issues[0].reason
