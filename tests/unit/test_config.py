@@ -306,3 +306,16 @@ def test_low_water_per_model_overrides_the_global_one():
     assert rewrite_plan(tm, body, OPENAI_PRICING).low_water == 0.5
     with pytest.raises(ConfigError):
         parse(xml.format('<model pattern="x" low_water="1.2"/>'))
+
+
+@pytest.mark.parametrize("attribute, workers", [("", "auto"), ('workers="auto"', "auto"), ('workers="3"', 3)])
+def test_workers_is_a_number_or_auto_by_default(attribute, workers):
+    config = parse_config(f"<performance_optimization><server {attribute}/></performance_optimization>")
+    assert config.server.workers == workers
+    assert load_config(None).server.workers == "auto", "the shipped default"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many", "2.5"])
+def test_workers_refuses_anything_else(value):
+    with pytest.raises(ConfigError, match="workers"):
+        parse_config(f'<performance_optimization><server workers="{value}"/></performance_optimization>')
