@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from .config import Config, ConfigError, load_config
 from .dialects import DEFAULT, DIALECTS
@@ -171,7 +171,7 @@ def _run_parallel(args: argparse.Namespace) -> int:
     return 0 if all(r.status == "ok" for r in results) else 1
 
 
-def _workers_arg(value: str) -> int | str:
+def _workers_arg(value: str) -> int | Literal["auto"]:
     if value == "auto":
         return value
     if value.isdigit() and int(value) > 0:
