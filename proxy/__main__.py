@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from .config import Config, ConfigError, load_config
 from .dialects import DEFAULT, DIALECTS
 from .errors import ProxyError
 from .heap import fix_mmap_threshold
 from .observability.logs import configure_logging
+from .workers import auto_workers
 
 T = TypeVar("T")
+log = logging.getLogger("ctxwarden")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -25,6 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import CONFIG_ENV, LAST_GOOD_ENV, LOG_LEVEL_ENV, create_app
+    from .observability.shared import SharedDir
     from .reload import keep_last_good
 
     try:
@@ -37,6 +41,9 @@ def _serve(args: argparse.Namespace) -> int:
     workers = args.workers or config.server.workers
     fix_mmap_threshold()
     configure_logging(config.logging, args.log_level)
+    if workers == "auto":
+        workers = auto_workers()
+        log.info("serving with %d worker process(es): workers=auto, from the CPUs this process may use", workers)
     # uvicorn re-raises the stop signal once its graceful shutdown is done,
     # which would end the process as killed by SIGTERM; with a no-op handler
     # of ours in place, a clean shutdown exits 0.
@@ -52,6 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.run(create_app(config, config_path=args.config), **options)
         return 0
     with tempfile.TemporaryDirectory(prefix="ctxwarden-") as state:
+        SharedDir.create(state)
         os.environ[CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
         # Workers take --log-level from here; without it, from each config they load.
         if args.log_level:
@@ -163,6 +171,14 @@ def _run_parallel(args: argparse.Namespace) -> int:
     return 0 if all(r.status == "ok" for r in results) else 1
 
 
+def _workers_arg(value: str) -> int | Literal["auto"]:
+    if value == "auto":
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise argparse.ArgumentTypeError("a positive number or auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxwarden", description="Token-saving reverse proxy for LLM APIs")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -171,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="config XML (default: the shipped default config)")
     serve.add_argument("--host", help="listen address (overrides <server host>)")
     serve.add_argument("--port", type=int, help="listen port (overrides <server port>)")
-    serve.add_argument("--workers", type=int, help="worker processes (overrides <server workers>)")
+    serve.add_argument("--workers", type=_workers_arg,
+                       help="worker processes, or auto: one per usable CPU, at most 8 (overrides <server workers>)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                        help="overrides <logging level>")
     serve.set_defaults(run=_serve)

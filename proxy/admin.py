@@ -106,7 +106,7 @@ def admin_routes(proxy: Proxy) -> list[Route]:
         return Response(proxy.telemetry.metrics.render(), media_type=proxy.telemetry.metrics.content_type)
 
     async def stats(request: Request) -> Response:
-        return JSONResponse(proxy.telemetry.stats.snapshot())
+        return JSONResponse(proxy.telemetry.stats_snapshot())
 
     async def dashboard(request: Request) -> Response:
         return HTMLResponse(dashboard_page())

@@ -24,6 +24,7 @@ from .errors import ProxyError, error_response
 from .gateway import Gateway
 from .observability import Telemetry
 from .observability.logs import configure_logging, reapply_logging
+from .observability.shared import SharedDir
 from .parallel.endpoint import serve_run
 from .parallel.gate import UpstreamGate
 from .reload import ConfigReloader
@@ -37,8 +38,9 @@ class Proxy:
     """The running proxy: the current Gateway (swapped on reload) and what
     outlives a reload (upstream connection pool, telemetry)."""
 
-    def __init__(self, config: Config, config_path: str | None, last_good_path: str | None = None):
-        self.telemetry = Telemetry()
+    def __init__(self, config: Config, config_path: str | None, last_good_path: str | None = None,
+                 shared: SharedDir | None = None):
+        self.telemetry = Telemetry(shared)
         self.config_path = config_path
         self.last_good_path = last_good_path
         self.client: UpstreamClient | None = None
@@ -71,6 +73,7 @@ class Proxy:
         assert self.client is not None and self.cache is not None
         await self.client.aclose()
         await self.cache.backend.close()
+        self.telemetry.close()
 
     def apply(self, config: Config) -> None:
         """Make `config` the one new requests see; in-flight ones keep theirs,
@@ -109,22 +112,29 @@ async def _proxy_error(request: Request, exc: Exception) -> Response:
     return error_response(exc, dialect_for(request.url.path, request.headers))
 
 
-def create_app(config: Config, config_path: str | None = None, last_good_path: str | None = None) -> Starlette:
+def create_app(config: Config, config_path: str | None = None, last_good_path: str | None = None,
+               shared: SharedDir | None = None) -> Starlette:
     """The ASGI app. With `config_path`, the file is watched and reloaded; with
-    `last_good_path`, every config applied is copied there."""
-    proxy = Proxy(config, config_path, last_good_path)
+    `last_good_path`, every config applied is copied there; with `shared`, it
+    is one of several workers and reports for all of them."""
+    proxy = Proxy(config, config_path, last_good_path, shared)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await proxy.start()
-        async with anyio.create_task_group() as tasks:
-            if proxy.reloader is not None:
-                tasks.start_soon(proxy.reloader.run)
-            try:
-                yield
-            finally:
-                tasks.cancel_scope.cancel()
-                await proxy.close()
+        try:
+            async with anyio.create_task_group() as tasks:
+                if proxy.reloader is not None:
+                    tasks.start_soon(proxy.reloader.run)
+                if proxy.telemetry.shared_stats is not None:
+                    tasks.start_soon(proxy.telemetry.share)
+                try:
+                    yield
+                finally:
+                    tasks.cancel_scope.cancel()
+        finally:
+            # Outside the cancelled task group: closing the pool and the cache awaits.
+            await proxy.close()
 
     async def parallel(request: Request) -> Response:
         assert proxy.gateway is not None and proxy.gate is not None
@@ -175,4 +185,4 @@ def create_app_from_environment() -> Starlette:
     configure_logging(config.logging, os.environ.get(LOG_LEVEL_ENV) or None)
     if refused:
         log.error("config refused, starting with the last good config: %s", refused)
-    return create_app(config, config_path=path, last_good_path=last_good)
+    return create_app(config, config_path=path, last_good_path=last_good, shared=SharedDir.from_environment())

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lxml import etree
 
@@ -108,8 +108,9 @@ class ServerSettings:
     # (SIGHUP still reloads).
     reload_interval: float = 2.0
     grace_period: float = 30.0
-    # Worker processes; each has its own memory cache and coalescing.
-    workers: int = 1
+    # Worker processes, or "auto": as many as the CPUs this process may use,
+    # at most 8 (proxy/workers.py). Each has its own memory cache and coalescing.
+    workers: int | Literal["auto"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -423,8 +424,12 @@ def _build_server(node) -> ServerSettings:
         slot_timeout=float(node.get("slot_timeout", d.slot_timeout)),
         reload_interval=float(node.get("reload_interval", d.reload_interval)),
         grace_period=float(node.get("grace_period", d.grace_period)),
-        workers=int(node.get("workers", d.workers)),
+        workers=_workers(node.get("workers", d.workers)),
     )
+
+
+def _workers(value: str) -> int | Literal["auto"]:
+    return "auto" if value.strip() == "auto" else int(value)
 
 
 def _build_upstreams(node, source: str, issues: list[ConfigIssue]) -> tuple[Upstream, ...]:

@@ -1,19 +1,27 @@
 """Prometheus metrics, on a registry of the app's own so that several apps in
 one process (tests) never share counters.
 
+With several workers (shared.py), prometheus-client's multiprocess mode keeps
+every value in files all workers read: counters and histograms add up over the
+workers, dead ones included; gauges say how (multiprocess_mode) and count live
+workers only. Values a single process would read when scraped (the gate's
+slots, the cache backend's failure count) are copied into metrics by sample(),
+before each scrape and, with several workers, every second by each worker: the
+other workers' figures are then up to a second old.
+
 Label values are bounded: routes, dialects, status codes, cache outcomes and
 rewrite decisions are closed sets; upstream names come from the config, never
 from clients."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.registry import Collector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from ..cache.backend import CacheBackend
 from .record import RequestRecord
@@ -39,7 +47,10 @@ class ReplicaCounts(Protocol):
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        """`multiprocess_dir`: prometheus-client's multiprocess directory, when
+        this is one of several workers; it must be $PROMETHEUS_MULTIPROC_DIR."""
+        self.multiprocess_dir = multiprocess_dir
         r = self.registry = CollectorRegistry()
         self.requests = Counter("ctxwarden_requests", "Requests answered",
                                 ["route", "dialect", "status", "cache"], registry=r)
@@ -68,17 +79,32 @@ class Metrics:
             ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.upstream_errors = Counter("ctxwarden_upstream_errors", "Upstream failures by kind",
                                        ["upstream", "kind"], registry=r)
-        self.in_flight = Gauge("ctxwarden_requests_in_flight", "Requests being answered", registry=r)
-        self.parallel_tasks = Gauge("ctxwarden_parallel_tasks_in_flight", "Parallel tasks running", registry=r)
-        self._cache_backends: list[CacheBackend] = []
-        r.register(_CacheBackendCollector(self._cache_backends))
-        self._replicas: list[ReplicaCounts] = []
-        r.register(_ReplicaCollector(self._replicas))
-        self._gates: list[Gate] = []
-        r.register(_GateCollector(self._gates))
+        self.in_flight = Gauge("ctxwarden_requests_in_flight", "Requests being answered",
+                               registry=r, multiprocess_mode="livesum")
+        self.parallel_tasks = Gauge("ctxwarden_parallel_tasks_in_flight", "Parallel tasks running",
+                                    registry=r, multiprocess_mode="livesum")
+        self.cache_backend_failures = Counter("ctxwarden_cache_backend_failures",
+                                              "Cache backend operations that failed", ["backend"], registry=r)
+        self.slots_in_use = Gauge("ctxwarden_upstream_slots_in_use", "Upstream gate slots held", ["kind"],
+                                  registry=r, multiprocess_mode="livesum")
+        self.slots_waiting = Gauge("ctxwarden_upstream_slots_waiting", "Callers queued for an upstream slot",
+                                   ["kind"], registry=r, multiprocess_mode="livesum")
+        self.replica_coalesced = Counter(
+            "ctxwarden_cache_replica_coalesced", "Requests served the answer another replica's identical "
+            "request fetched (cross-replica coalescing)", registry=r)
+        self.replica_fallbacks = Counter(
+            "ctxwarden_cache_replica_fallbacks", "Requests that waited for another replica's identical request "
+            "and then called upstream themselves, by reason", ["reason"], registry=r)
+        self._cache_backend: CacheBackend | None = None
+        self._replicas: ReplicaCounts | None = None
+        self._counted: dict[tuple[str, str], int] = {}   # totals already added, by metric and label
+        self._gate: Gate | None = None
+        # Each worker reloads the file on its own: a reload is counted once per worker.
         self.config_reloads = Counter("ctxwarden_config_reloads", "Config reload attempts", ["result"], registry=r)
+        # 0 as long as any worker's last reload attempt was refused.
         self.config_last_reload_ok = Gauge("ctxwarden_config_last_reload_successful",
-                                           "1 when the last reload attempt succeeded", registry=r)
+                                           "1 when the last reload attempt succeeded",
+                                           registry=r, multiprocess_mode="livemin")
         self.config_last_reload_ok.set(1)
 
     def observe(self, record: RequestRecord) -> None:
@@ -101,66 +127,63 @@ class Metrics:
 
     def watch_cache_backend(self, backend: CacheBackend) -> None:
         """Export a cache backend's own failure count (Redis keeps one)."""
-        self._cache_backends.append(backend)
+        self._cache_backend = backend
+        self.cache_backend_failures.labels(backend.name)
 
     def watch_replica_coalescing(self, replicas: ReplicaCounts) -> None:
         """Export cross-replica coalescing's counts (Redis backend)."""
-        self._replicas.append(replicas)
+        self._replicas = replicas
 
     def watch_gate(self, gate: Gate) -> None:
         """Export the upstream gate's slots in use and waiting, by kind."""
-        self._gates.append(gate)
+        self._gate = gate
+        self.sample()
+
+    def sample(self) -> None:
+        """Copy the watched gate's and cache backend's figures into the metrics."""
+        if self._gate is not None:
+            snapshot = self._gate.snapshot()
+            for kind in ("interactive", "fanout"):
+                self.slots_in_use.labels(kind).set(snapshot[f"{kind}_in_use"])
+                self.slots_waiting.labels(kind).set(snapshot[f"waiting_{kind}"])
+        if self._cache_backend is not None:
+            name = self._cache_backend.name
+            self._add_up(self.cache_backend_failures.labels(name), ("failures", name),
+                         getattr(self._cache_backend, "failures", 0))
+        if self._replicas is not None:
+            self._add_up(self.replica_coalesced, ("coalesced", ""), self._replicas.coalesced)
+            for reason, count in self._replicas.fallbacks.items():
+                self._add_up(self.replica_fallbacks.labels(reason), ("fallbacks", reason), count)
+
+    def _add_up(self, counter: Counter, key: tuple[str, str], total: int) -> None:
+        """Bring a counter up to a running total kept elsewhere (a counter only adds)."""
+        counter.inc(total - self._counted.get(key, 0))
+        self._counted[key] = total
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        self.sample()
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        _forget_dead_workers(self.multiprocess_dir)
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone, path=str(self.multiprocess_dir))
+        return generate_latest(everyone)
+
+    def close(self) -> None:
+        """This worker is leaving: its gauges stop counting (live* modes)."""
+        if self.multiprocess_dir is not None:
+            mark_process_dead(os.getpid(), str(self.multiprocess_dir))
 
 
-class _CacheBackendCollector(Collector):
-    def __init__(self, backends: list[CacheBackend]) -> None:
-        self._backends = backends
+def _forget_dead_workers(directory: Path) -> None:
+    """Drop the gauges of workers that ended without close() (killed): uvicorn
+    restarts a dead worker but tells no one, so look for its process."""
+    for path in directory.glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, str(directory))
+        except PermissionError:   # alive, under another user: pid reused
+            continue
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily("ctxwarden_cache_backend_failures", "Cache backend operations that failed",
-                                     labels=["backend"])
-        for backend in self._backends:
-            family.add_metric([backend.name], getattr(backend, "failures", 0))
-        yield family
-
-
-class _ReplicaCollector(Collector):
-    def __init__(self, replicas: list[ReplicaCounts]) -> None:
-        self._replicas = replicas
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        if not self._replicas:  # not on Redis: nothing to report
-            return
-        coalesced = CounterMetricFamily(
-            "ctxwarden_cache_replica_coalesced", "Requests served the answer another replica's identical "
-            "request fetched (cross-replica coalescing)")
-        fallbacks = CounterMetricFamily(
-            "ctxwarden_cache_replica_fallbacks", "Requests that waited for another replica's identical request "
-            "and then called upstream themselves, by reason", labels=["reason"])
-        for replicas in self._replicas:
-            coalesced.add_metric([], replicas.coalesced)
-            for reason, count in replicas.fallbacks.items():
-                fallbacks.add_metric([reason], count)
-        yield coalesced
-        yield fallbacks
-
-
-class _GateCollector(Collector):
-    def __init__(self, gates: list[Gate]) -> None:
-        self._gates = gates
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        in_use = GaugeMetricFamily("ctxwarden_upstream_slots_in_use", "Upstream gate slots held", labels=["kind"])
-        waiting = GaugeMetricFamily("ctxwarden_upstream_slots_waiting", "Callers queued for an upstream slot",
-                                    labels=["kind"])
-        for gate in self._gates:
-            snapshot = gate.snapshot()
-            in_use.add_metric(["interactive"], snapshot["interactive_in_use"])
-            in_use.add_metric(["fanout"], snapshot["fanout_in_use"])
-            waiting.add_metric(["interactive"], snapshot["waiting_interactive"])
-            waiting.add_metric(["fanout"], snapshot["waiting_fanout"])
-        yield in_use
-        yield waiting

@@ -1,11 +1,20 @@
 """Live figures for the dashboard: totals, a per-second series over the last
-few minutes, recent latencies and the last rewrites. In memory, per process."""
+few minutes, recent latencies and the last rewrites. In memory, per process;
+with several workers, each publishes its state() and the stats endpoint reads
+them merged() (shared.py).
+
+Merged, the totals, the series and the recent rewrites are what one process
+seeing every request would show. The latency quantiles are not: they are taken
+over each worker's last LATENCY_WINDOW requests together, which weighs a busy
+worker's recent past like a quiet worker's older one."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass
+from typing import Any
 
 from .record import RequestRecord
 
@@ -13,6 +22,8 @@ SERIES_SECONDS = 300
 LATENCY_WINDOW = 2000
 RECENT_REWRITES = 50
 RATE_WINDOW_SECONDS = 10
+_TOTALS = ("requests", "upstream_errors", "tokens_before", "tokens_after", "cost_sent", "cost_passthrough",
+           "cache_hits", "cache_misses")
 
 
 @dataclass
@@ -74,6 +85,36 @@ class LiveStats:
                 "tokens_after": record.tokens_after, "cost_sent": record.cost_sent,
                 "cost_passthrough": record.cost_passthrough, "status": record.status,
             })
+
+    def state(self) -> dict[str, Any]:
+        """Everything snapshot() is computed from, as JSON-able data."""
+        return {"started": self.started, **{name: getattr(self, name) for name in _TOTALS},
+                "seconds": [astuple(s) for s in self._seconds], "latencies": list(self._latencies),
+                "rewrites": list(self._rewrites)}
+
+    @classmethod
+    def merged(cls, states: Iterable[dict[str, Any]]) -> LiveStats:
+        """One LiveStats holding several processes' state(): totals and each
+        second's figures summed, the newest rewrites, every latency window."""
+        merged = cls()
+        merged._latencies = deque()   # unbounded: the union of the windows
+        seconds: dict[int, _Second] = {}
+        rewrites: list[dict[str, object]] = []
+        for state in states:
+            merged.started = min(merged.started, state["started"])
+            for name in _TOTALS:
+                setattr(merged, name, getattr(merged, name) + state[name])
+            for t, *figures in state["seconds"]:
+                second = seconds.setdefault(t, _Second(t))
+                for name, value in zip(("requests", "errors", "tokens_before", "tokens_after"), figures):
+                    setattr(second, name, getattr(second, name) + value)
+            merged._latencies.extend(state["latencies"])
+            rewrites.extend(state["rewrites"])
+        # Each process keeps its newest seconds and rewrites, so the newest of
+        # them all are complete.
+        merged._seconds.extend(seconds[t] for t in sorted(seconds))
+        merged._rewrites.extend(sorted(rewrites, key=lambda rewrite: rewrite["time"]))
+        return merged
 
     def snapshot(self) -> dict[str, object]:
         now = time.time()

@@ -160,9 +160,11 @@ def _wait_for(condition, timeout: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def _cli(path: Path, *extra_args: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`ctxwarden serve --config PATH` as a subprocess; yields (url, process)."""
+    """`ctxwarden serve --config PATH` as one process (its own reload on SIGHUP,
+    which several workers replace by a restart); yields (url, process)."""
     port = free_port()
-    proc = subprocess.Popen(ctxwarden_command() + ["serve", "--config", str(path), "--port", str(port), *extra_args],
+    proc = subprocess.Popen(ctxwarden_command() + ["serve", "--config", str(path), "--port", str(port),
+                                                   "--workers", "1", *extra_args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "CTXW_TEST_ANTHROPIC_KEY": "sk-ant-secret-value"})
     try:

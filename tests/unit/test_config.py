@@ -316,3 +316,16 @@ def test_coalesce_wait_is_read_and_may_be_zero_but_not_negative():
     with pytest.raises(ConfigError) as caught:
         parse_config(wait.format("-1"), source="bad.xml")
     assert "coalesce_wait" in caught.value.issues[0].reason
+
+
+@pytest.mark.parametrize("attribute, workers", [("", "auto"), ('workers="auto"', "auto"), ('workers="3"', 3)])
+def test_workers_is_a_number_or_auto_by_default(attribute, workers):
+    config = parse_config(f"<performance_optimization><server {attribute}/></performance_optimization>")
+    assert config.server.workers == workers
+    assert load_config(None).server.workers == "auto", "the shipped default"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many", "2.5"])
+def test_workers_refuses_anything_else(value):
+    with pytest.raises(ConfigError, match="workers"):
+        parse_config(f'<performance_optimization><server workers="{value}"/></performance_optimization>')

@@ -3,12 +3,16 @@ see it (proxy/observability)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 import pytest
 
 from ctxwarden.observability import Telemetry
 from ctxwarden.observability.record import RequestRecord
+from ctxwarden.observability.shared import SharedStats
+from ctxwarden.observability.stats import LiveStats
 
 
 def _metric(telemetry: Telemetry, line_start: str) -> float:
@@ -53,3 +57,40 @@ def test_a_failed_request_counts_as_an_upstream_error() -> None:
     assert _metric(telemetry, 'ctxwarden_upstream_errors_total{kind="connect",upstream="openai"}') == 1
     assert telemetry.stats.snapshot()["upstream_errors"] == 1
     assert 'ctxwarden_rewrites_total{' not in telemetry.metrics.render().decode(), "no rewrite without tokens"
+
+
+def _finished(stats: LiveStats, total_seconds: float, tokens: tuple[int, int] | None = None,
+              status: int = 200) -> None:
+    record = RequestRecord(route="chat_completions", method="POST", path="/v1/chat/completions", dialect="openai",
+                           status=status, cache="miss", rewrite="compact")
+    if tokens:
+        record.tokens_before, record.tokens_after = tokens
+    record.total_seconds = total_seconds
+    stats.observe(record)
+
+
+def test_workers_stats_merged_are_the_sums_and_the_newest_rewrites() -> None:
+    a, b, alone = LiveStats(), LiveStats(), LiveStats()
+    for seconds, tokens, status in ((0.1, (100, 40), 200), (0.3, None, 502), (0.2, (50, 50), 200)):
+        _finished(a, seconds, tokens, status)
+        _finished(alone, seconds, tokens, status)
+    _finished(b, 0.4, (1000, 100))
+    _finished(alone, 0.4, (1000, 100))
+    merged = LiveStats.merged(json.loads(json.dumps(s.state())) for s in (a, b)).snapshot()
+    expected = alone.snapshot()
+    for key in ("requests", "upstream_errors", "tokens_saved", "reduction_ratio", "cache_misses", "latency_ms"):
+        assert merged[key] == expected[key], key
+    assert sum(s["requests"] for s in merged["series"]) == 4
+    assert [r["tokens_before"] for r in merged["recent_rewrites"]] == [1000, 50, 100], "newest first"
+    assert merged["uptime_seconds"] >= expected["uptime_seconds"] - 0.1, "from the oldest worker's start"
+
+
+def test_a_worker_publishes_its_stats_and_reads_everyone_s(tmp_path) -> None:
+    other, own = LiveStats(), LiveStats()
+    _finished(other, 0.1, (10, 5))
+    (tmp_path / "1.json").write_text(json.dumps(other.state()))
+    shared = SharedStats(own, tmp_path)
+    _finished(own, 0.2, (20, 5))
+    assert shared.snapshot()["requests"] == 2
+    assert json.loads((tmp_path / f"{os.getpid()}.json").read_text())["requests"] == 1
+    assert not list(tmp_path.glob("*.tmp"))

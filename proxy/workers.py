@@ -1,0 +1,72 @@
+"""How many worker processes `serve` starts when `server/@workers` is `auto`.
+
+One worker saturates one core (README, Benchmarks), so auto is the number of
+CPUs this process may actually use: the CPUs it may run on (affinity, e.g.
+`taskset` or a cpuset), lowered by a cgroup v2 CPU quota (`cpu.max`, what a
+container's CPU limit sets), rounded up so a limit of 1.5 CPUs can be used in
+full. A sidecar limited to 1 CPU gets 1 worker: a second process could only
+take turns with the first and would cost its memory for nothing.
+
+At most MAX_AUTO_WORKERS: every worker holds its own upstream connection pool
+(`max_connections` each), memory cache (up to `cache/@max_bytes` each),
+coalescing and tokenizer tables, so workers multiply memory and upstream
+connections while memory caching and coalescing get split ever finer; at
+~1,300 small requests a second each, eight would serve ~10,000, more than a
+sidecar sees. An explicit
+number is not capped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+MAX_AUTO_WORKERS = 8
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+def auto_workers() -> int:
+    cpus = usable_cpus()
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, min(cpus, MAX_AUTO_WORKERS))
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux: no affinity call
+        return os.cpu_count() or 1
+
+
+def cgroup_cpu_limit() -> float | None:
+    """CPUs the cgroup v2 quota allows this process: the tightest `cpu.max` of
+    its cgroup and its ancestors (a container's limit may sit on a parent);
+    None without a quota. cgroup v1 is not read: there, affinity decides."""
+    limits = [limit for directory in _own_cgroup_and_ancestors()
+              if (limit := _cpu_max(directory / "cpu.max")) is not None]
+    return min(limits) if limits else None
+
+
+def _own_cgroup_and_ancestors() -> list[Path]:
+    # cgroup v2 lists one line "0::/path"; inside a container with its own
+    # cgroup namespace the path is "/" and CGROUP_ROOT is the container's.
+    try:
+        lines = SELF_CGROUP.read_text().splitlines()
+    except OSError:
+        lines = []
+    own = next((line[3:] for line in lines if line.startswith("0::")), "/")
+    directory = CGROUP_ROOT / own.strip("/")
+    return [directory, *(p for p in directory.parents if p.is_relative_to(CGROUP_ROOT))]
+
+
+def _cpu_max(path: Path) -> float | None:
+    """`cpu.max` holds "QUOTA PERIOD" in microseconds, or "max PERIOD" for no quota."""
+    try:
+        quota, period = path.read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
