@@ -1,6 +1,11 @@
 """Serve the fake upstream or the proxy for the benchmark: one uvicorn worker,
 uvloop + httptools, no access log. Optionally under cProfile.
 
+The proxy is built by the same factory as `ctxwarden serve`'s workers and as
+granian's (`ctxwarden.app:create_app_from_environment`, config from
+$CTXWARDEN_CONFIG), so that bench/overhead.py --server compares servers under
+the same app.
+
     python bench/_serve.py fake  --port 9001
     python bench/_serve.py proxy --port 9002 --config cfg.xml [--profile out.prof]
 """
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -32,10 +38,11 @@ def main() -> int:
 
         app = create_fake()
     else:
-        from ctxwarden.app import create_app
-        from ctxwarden.config import load_config
+        from ctxwarden.app import CONFIG_ENV, LOG_LEVEL_ENV, create_app_from_environment
 
-        app = create_app(load_config(args.config))
+        os.environ[CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
+        os.environ.setdefault(LOG_LEVEL_ENV, "warning")
+        app = create_app_from_environment()
     logging.getLogger("ctxwarden").setLevel(logging.WARNING)
 
     config = uvicorn.Config(
