@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from .admin import AdminToken, admin_routes
 from .caching import ResponseCache, make_backend
-from .clientkeys import ClientKeyGuard, ClientKeySet
+from .clientkeys import ClientKeyGuard, ClientKeySet, environment_issues, exposure_issues
 from .config import Config, ConfigError, load_config
 from .dialects import dialect_for
 from .errors import ProxyError, error_response
@@ -187,8 +187,14 @@ def create_app_from_environment() -> Starlette:
     the proxy down."""
     path = os.environ.get(CONFIG_ENV) or None
     last_good = os.environ.get(LAST_GOOD_ENV) or None
+    listen_host = os.environ.get(LISTEN_HOST_ENV) or None
     try:
         config = load_config(path)
+        # What the worker's start would refuse (an unset key variable, an unguarded
+        # upstream key) falls back to the last good copy too, rather than crash-looping.
+        issues = environment_issues(config) + (exposure_issues(config, listen_host) if listen_host else [])
+        if issues:
+            raise ConfigError(issues)
     except ConfigError as exc:
         if last_good is None or not os.path.exists(last_good):
             raise
@@ -200,4 +206,4 @@ def create_app_from_environment() -> Starlette:
     if refused:
         log.error("config refused, starting with the last good config: %s", refused)
     return create_app(config, config_path=path, last_good_path=last_good, shared=SharedDir.from_environment(),
-                      listen_host=os.environ.get(LISTEN_HOST_ENV) or None)
+                      listen_host=listen_host)

@@ -274,3 +274,19 @@ def test_validate_reports_unset_variables_and_an_unguarded_key(tmp_path):
     path.write_text(_config("http://127.0.0.1:9", ""))
     done = run_cli(["validate", str(path)], env=ENV)
     assert done.returncode == 1 and f"{path}:6: upstream 'openai' sends the operator's key" in done.stderr
+
+
+def test_a_worker_restarted_on_a_file_with_an_unset_key_variable_starts_with_the_last_good(
+        tmp_path, monkeypatch, fake_upstream_server):
+    from ctxwarden import app as app_module
+
+    good, bad = tmp_path / "last-good.xml", tmp_path / "performance.xml"
+    good.write_text(_config(fake_upstream_server.url))
+    bad.write_text(_config(fake_upstream_server.url).replace("CTXW_IT_ALICE", "CTXW_IT_UNSET_KEY"))
+    monkeypatch.setattr(app_module, "configure_logging", lambda *args: None)
+    monkeypatch.setenv(app_module.CONFIG_ENV, str(bad))
+    monkeypatch.setenv(app_module.LAST_GOOD_ENV, str(good))
+    monkeypatch.setenv(app_module.LISTEN_HOST_ENV, "0.0.0.0")
+    proxy = app_module.create_app_from_environment().state.proxy
+    assert proxy.listen_host == "0.0.0.0"
+    assert [k.env for k in proxy.initial_config.client_keys.keys] == ["CTXW_IT_ALICE", None]
