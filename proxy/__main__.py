@@ -27,7 +27,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .app import CONFIG_ENV, LAST_GOOD_ENV, LOG_LEVEL_ENV, create_app
+    from .app import CONFIG_ENV, LAST_GOOD_ENV, LISTEN_HOST_ENV, LOG_LEVEL_ENV, create_app
+    from .clientkeys import startup_issues
     from .observability.shared import SharedDir
     from .reload import keep_last_good
 
@@ -38,6 +39,12 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    # Unset key variables, an upstream key no client key guards: refused before
+    # anything listens (the app checks every reload the same way).
+    issues = startup_issues(config, host)
+    if issues:
+        print(f"ctxwarden: config refused:\n{ConfigError(issues)}", file=sys.stderr)
+        return 2
     workers = args.workers or config.server.workers
     fix_mmap_threshold()
     configure_logging(config.logging, args.log_level)
@@ -56,11 +63,12 @@ def _serve(args: argparse.Namespace) -> int:
                    proxy_headers=False, server_header=False, lifespan="on",
                    timeout_graceful_shutdown=config.server.grace_period)
     if workers == 1:
-        uvicorn.run(create_app(config, config_path=args.config), **options)
+        uvicorn.run(create_app(config, config_path=args.config, listen_host=host), **options)
         return 0
     with tempfile.TemporaryDirectory(prefix="ctxwarden-") as state:
         SharedDir.create(state)
         os.environ[CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
+        os.environ[LISTEN_HOST_ENV] = host
         # Workers take --log-level from here; without it, from each config they load.
         if args.log_level:
             os.environ[LOG_LEVEL_ENV] = args.log_level
@@ -74,8 +82,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from .clientkeys import startup_issues
+
     try:
-        load_config(args.file)
+        config = load_config(args.file)
+        # What serve would refuse too: key variables unset in this environment,
+        # an upstream key no client key guards on <server host>.
+        issues = startup_issues(config, config.server.host)
+        if issues:
+            raise ConfigError(issues)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -216,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except _InputRefused:
+        return 2
+    except ConfigError as exc:  # a key variable unset when run-parallel starts its proxy
+        print(f"ctxwarden: config refused:\n{exc}", file=sys.stderr)
         return 2
 
 

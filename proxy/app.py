@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from .admin import AdminToken, admin_routes
 from .caching import ResponseCache, make_backend
+from .clientkeys import ClientKeyGuard, ClientKeySet, environment_issues, exposure_issues
 from .config import Config, ConfigError, load_config
 from .dialects import dialect_for
 from .errors import ProxyError, error_response
@@ -39,8 +40,11 @@ class Proxy:
     outlives a reload (upstream connection pool, telemetry)."""
 
     def __init__(self, config: Config, config_path: str | None, last_good_path: str | None = None,
-                 shared: SharedDir | None = None):
+                 shared: SharedDir | None = None, listen_host: str | None = None):
         self.telemetry = Telemetry(shared)
+        # The address `serve` listens on: every config, reloads included, must be
+        # allowed to serve there (clientkeys.exposure_issues). None: not known.
+        self.listen_host = listen_host
         self.config_path = config_path
         self.last_good_path = last_good_path
         self.client: UpstreamClient | None = None
@@ -64,7 +68,7 @@ class Proxy:
         self.telemetry.metrics.watch_cache_backend(self.cache.backend)
         if self.cache.replicas is not None:
             self.telemetry.metrics.watch_replica_coalescing(self.cache.replicas)
-        self.gateway = Gateway.build(config, self.client, self.telemetry, self.cache)
+        self.gateway = Gateway.build(config, self.client, self.telemetry, self.cache, self.listen_host)
         if self.config_path is not None:
             self.reloader = ConfigReloader(self.config_path, self.apply, self.telemetry.metrics,
                                            config.server.reload_interval, self.last_good_path)
@@ -80,7 +84,7 @@ class Proxy:
         upstream URLs and keys included (a Gateway is never changed, only
         replaced). Raises ConfigError, changing nothing, when a key is unset."""
         assert self.client is not None and self.gate is not None
-        gateway = Gateway.build(config, self.client, self.telemetry, self.cache)
+        gateway = Gateway.build(config, self.client, self.telemetry, self.cache, self.listen_host)
         self.gate.reconfigure(self.initial_config.server.max_connections, config.parallel_execution.resource_limit)
         self.gateway = gateway
         reapply_logging(config.logging)
@@ -89,6 +93,14 @@ class Proxy:
     def config(self) -> Config:
         assert self.gateway is not None
         return self.gateway.config
+
+    @property
+    def client_keys(self) -> ClientKeySet:
+        assert self.gateway is not None
+        return self.gateway.client_keys
+
+    def count_client_key_refusal(self, reason: str) -> None:
+        self.telemetry.metrics.client_key_refusals.labels(reason).inc()
 
 
 class ProxiedRequests:
@@ -113,11 +125,12 @@ async def _proxy_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(config: Config, config_path: str | None = None, last_good_path: str | None = None,
-               shared: SharedDir | None = None) -> Starlette:
+               shared: SharedDir | None = None, listen_host: str | None = None) -> Starlette:
     """The ASGI app. With `config_path`, the file is watched and reloaded; with
     `last_good_path`, every config applied is copied there; with `shared`, it
-    is one of several workers and reports for all of them."""
-    proxy = Proxy(config, config_path, last_good_path, shared)
+    is one of several workers and reports for all of them; with `listen_host`,
+    a config (a reload's too) that may not serve on that address is refused."""
+    proxy = Proxy(config, config_path, last_good_path, shared, listen_host)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -150,7 +163,7 @@ def create_app(config: Config, config_path: str | None = None, last_good_path: s
             Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
             Route("/{path:path}", ProxiedRequests(proxy), methods=methods),
         ],
-        middleware=[Middleware(AdminToken, proxy=proxy)],
+        middleware=[Middleware(AdminToken, proxy=proxy), Middleware(ClientKeyGuard, proxy=proxy)],
         exception_handlers={ProxyError: _proxy_error},
         lifespan=lifespan,
     )
@@ -161,6 +174,7 @@ def create_app(config: Config, config_path: str | None = None, last_good_path: s
 CONFIG_ENV = "CTXWARDEN_CONFIG"
 LAST_GOOD_ENV = "CTXWARDEN_LAST_GOOD_CONFIG"
 LOG_LEVEL_ENV = "CTXWARDEN_LOG_LEVEL"
+LISTEN_HOST_ENV = "CTXWARDEN_LISTEN_HOST"
 
 
 def create_app_from_environment() -> Starlette:
@@ -173,8 +187,14 @@ def create_app_from_environment() -> Starlette:
     the proxy down."""
     path = os.environ.get(CONFIG_ENV) or None
     last_good = os.environ.get(LAST_GOOD_ENV) or None
+    listen_host = os.environ.get(LISTEN_HOST_ENV) or None
     try:
         config = load_config(path)
+        # What the worker's start would refuse (an unset key variable, an unguarded
+        # upstream key) falls back to the last good copy too, rather than crash-looping.
+        issues = environment_issues(config) + (exposure_issues(config, listen_host) if listen_host else [])
+        if issues:
+            raise ConfigError(issues)
     except ConfigError as exc:
         if last_good is None or not os.path.exists(last_good):
             raise
@@ -185,4 +205,5 @@ def create_app_from_environment() -> Starlette:
     configure_logging(config.logging, os.environ.get(LOG_LEVEL_ENV) or None)
     if refused:
         log.error("config refused, starting with the last good config: %s", refused)
-    return create_app(config, config_path=path, last_good_path=last_good, shared=SharedDir.from_environment())
+    return create_app(config, config_path=path, last_good_path=last_good, shared=SharedDir.from_environment(),
+                      listen_host=listen_host)

@@ -143,6 +143,33 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class ClientKey:
+    """One key clients present to the proxy: its value read from the environment
+    variable `env` at start and on reload, or only its SHA-256 (`sha256`, lower-case
+    hex) in the file. `name` is what logs call it; never the key."""
+
+    env: str | None = None
+    sha256: str | None = None
+    name: str | None = None
+    line: int | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        return self.name or (f"env:{self.env}" if self.env else f"sha256:{(self.sha256 or '')[:8]}")
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    """`<client_keys>`: any key configured, every proxied request and the parallel
+    endpoint need one of them (proxy/clientkeys.py). `open_on_loopback` lets an
+    upstream with api_key_env serve without client keys, on a loopback address only."""
+
+    keys: tuple[ClientKey, ...] = ()
+    open_on_loopback: bool = False
+    line: int | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
     format: str = "json"
@@ -171,6 +198,8 @@ class Upstream:
     pricing: Pricing = None  # type: ignore[assignment]
     # (model glob, pricing) in config order; the first match wins.
     model_pricing: tuple[tuple[str, Pricing], ...] = ()
+    # The <upstream> element's line, for config issues found after parsing.
+    line: int | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.pricing is None:
@@ -200,6 +229,7 @@ class Config:
     admin: AdminSettings = field(default_factory=AdminSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    client_keys: ClientKeys = field(default_factory=ClientKeys)
     source: str = "<default>"
 
     def describe(self) -> dict:
@@ -209,6 +239,12 @@ class Config:
         for upstream in described["upstreams"]:
             env = upstream["api_key_env"]
             upstream["api_key"] = None if env is None else ("set" if os.environ.get(env) else "unset")
+            del upstream["line"]
+        client_keys = described["client_keys"]
+        del client_keys["line"]
+        client_keys["keys"] = [
+            {"name": key.label, "env": key.env, "key": ("set" if os.environ.get(key.env) else "unset")}
+            if key.env else {"name": key.label, "sha256": "set"} for key in self.client_keys.keys]
         env = self.admin.token_env
         described["admin"]["token"] = None if env is None else ("set" if os.environ.get(env) else "unset")
         url = self.cache.resolved_redis_url()
@@ -305,11 +341,28 @@ def _build(root: etree._Element, source: str) -> Config:
     admin = root.find("admin")
     logging_node = root.find("logging")
     cache = _build_cache(root.find("cache"), source, issues)
+    client_keys = _build_client_keys(root.find("client_keys"), source, issues)
     if issues:
         raise ConfigError(issues)
     return Config(tokens, parallel, server, upstreams,
                   admin=AdminSettings(token_env=None if admin is None else admin.get("token_env")),
-                  logging=_build_logging(logging_node), cache=cache, source=source)
+                  logging=_build_logging(logging_node), cache=cache, client_keys=client_keys, source=source)
+
+
+def _build_client_keys(node, source: str, issues: list[ConfigIssue]) -> ClientKeys:
+    if node is None:
+        return ClientKeys()
+    keys = []
+    for k in node.findall("key"):
+        env, digest = k.get("env"), k.get("sha256")
+        if (env is None) == (digest is None):
+            issues.append(ConfigIssue(source, k.sourceline, "<key> needs exactly one of env (the variable "
+                                                            "holding the key) and sha256 (the key's SHA-256)"))
+            continue
+        keys.append(ClientKey(env=env, sha256=digest.lower() if digest else None, name=k.get("name"),
+                              line=k.sourceline))
+    return ClientKeys(keys=tuple(keys), open_on_loopback=_bool(node.get("open_on_loopback"), False),
+                      line=node.sourceline)
 
 
 def _build_cache(node, source: str, issues: list[ConfigIssue]) -> CacheSettings:
@@ -455,6 +508,7 @@ def _build_upstreams(node, source: str, issues: list[ConfigIssue]) -> tuple[Upst
             check_ready=_bool(u.get("check_ready"), False),
             pricing=pricing,
             model_pricing=model_pricing,
+            line=u.sourceline,
         ))
     return tuple(upstreams)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .caching import ResponseCache
-from .config import Config
+from .clientkeys import ClientKeySet, environment_issues, exposure_issues
+from .config import Config, ConfigError
 from .observability import Telemetry
 from .routing import Routes
 from .upstream import UpstreamClient
@@ -20,8 +21,19 @@ class Context:
     client: UpstreamClient
     telemetry: Telemetry
     cache: ResponseCache
+    client_keys: ClientKeySet = ClientKeySet()
 
     @classmethod
-    def build(cls, config: Config, client: UpstreamClient, telemetry: Telemetry, cache: ResponseCache):
-        """Raises ConfigError when an upstream's key is missing: keys are read here, once per config."""
-        return cls(config, Routes.resolve(config.upstreams), client, telemetry, cache)
+    def build(cls, config: Config, client: UpstreamClient, telemetry: Telemetry, cache: ResponseCache,
+              listen_host: str | None = None):
+        """Raises ConfigError when a key variable (an upstream's, a client key's) is
+        unset: keys are read here, once per config. With `listen_host` (the address
+        `serve` listens on), also when the config may not serve there
+        (clientkeys.exposure_issues)."""
+        issues = environment_issues(config)
+        if listen_host is not None:
+            issues += exposure_issues(config, listen_host)
+        if issues:
+            raise ConfigError(issues)
+        return cls(config, Routes.resolve(config.upstreams), client, telemetry, cache,
+                   ClientKeySet.resolve(config.client_keys, config.source))

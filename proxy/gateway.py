@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from . import flow
 from .caching import OpenTap
+from .clientkeys import SCOPE_KEY as CLIENT_KEY_SCOPE
 from .context import Context
 from .dialects import chat_dialect, dialect_for, get_dialect
 from .errors import ClientClosed, NotFound, ProxyError, UpstreamError, error_response
@@ -46,7 +47,8 @@ class Gateway(Context):
         request = Request(scope, receive)
         path = request.url.path
         record = RequestRecord(route="forward", method=request.method, path=path,
-                               dialect=dialect_for(path, request.headers).name)
+                               dialect=dialect_for(path, request.headers).name,
+                               client=scope.get(CLIENT_KEY_SCOPE, ""))
         slot, opened = Slot(gate), OpenTap()
         try:
             response = await self._answer(record, lambda: self._proxied(request, record, opened, slot))

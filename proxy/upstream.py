@@ -31,6 +31,8 @@ HOP_BY_HOP = frozenset({
 # Recomputed by httpx / Starlette for the body actually sent.
 _RECOMPUTED = frozenset({b"host", b"content-length"})
 _CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
+# The proxy's own: a client key (clientkeys.py) is for ctxwarden, never for an upstream.
+_PROXY_ONLY = frozenset({b"x-ctxwarden-key", b"x-ctxwarden-admin-token"})
 # Answers up to this size are read whole and sent in one piece: cheaper than a
 # chunked relay, and small enough not to matter for memory.
 WHOLE_BODY_LIMIT = 1 << 20
@@ -47,7 +49,7 @@ def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
 def request_headers(raw: list[tuple[bytes, bytes]], upstream: Upstream,
                     api_key: str | None) -> list[tuple[bytes, bytes]]:
     """The client's headers as the upstream should get them."""
-    drop = HOP_BY_HOP | _RECOMPUTED | _connection_listed(raw)
+    drop = HOP_BY_HOP | _RECOMPUTED | _PROXY_ONLY | _connection_listed(raw)
     if api_key is not None:
         drop |= _CREDENTIAL_HEADERS
     headers = [(k, v) for k, v in raw if k.lower() not in drop]

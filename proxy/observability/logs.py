@@ -79,6 +79,7 @@ def log_request(record: RequestRecord) -> None:
         "cost_sent": record.cost_sent, "cost_passthrough": record.cost_passthrough,
         "tokens_before": record.tokens_before,
         "tokens_after": record.tokens_after, "error": record.error_kind or None,
+        "client": record.client or None,
         "ms_total": round(record.total_seconds * 1000, 3),
         "ms_upstream": round(record.upstream_seconds * 1000, 3),
         "ms_rewrite": round(record.rewrite_seconds * 1000, 3),

@@ -95,6 +95,10 @@ class Metrics:
         self.replica_fallbacks = Counter(
             "ctxwarden_cache_replica_fallbacks", "Requests that waited for another replica's identical request "
             "and then called upstream themselves, by reason", ["reason"], registry=r)
+        # The reason is "missing" or "wrong": never the key, nor the key's name.
+        self.client_key_refusals = Counter(
+            "ctxwarden_client_key_refusals", "Requests refused with 401 for a missing or wrong client key",
+            ["reason"], registry=r)
         self._cache_backend: CacheBackend | None = None
         self._replicas: ReplicaCounts | None = None
         self._counted: dict[tuple[str, str], int] = {}   # totals already added, by metric and label

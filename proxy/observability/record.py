@@ -26,6 +26,7 @@ class RequestRecord:
     tokens_before: int | None = None
     tokens_after: int | None = None
     error_kind: str = ""            # set when the upstream failed: connect, timeout, broken_stream
+    client: str = ""                # the name of the client key it came with (clientkeys.py), never the key
     started: float = field(default_factory=time.perf_counter)
     rewrite_seconds: float = 0.0
     upstream_seconds: float = 0.0   # until the upstream's response headers

@@ -25,6 +25,7 @@ def _config(upstream_url: str, *, budget: int = 200000, extra: str = "", upstrea
     return f"""<performance_optimization>
   <token_management><budget>{budget}</budget></token_management>
   <server reload_interval="0.2"/>
+  <client_keys open_on_loopback="true"/>
   {extra}
   <upstreams>
     <upstream name="openai" dialect="openai" base_url="{upstream_url}" {upstream_attrs}/>
