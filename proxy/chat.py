@@ -73,23 +73,29 @@ def requested_output(body: dict) -> int | None:
     return output if isinstance(output, int) and not isinstance(output, bool) and output >= 0 else None
 
 
-def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing, dialect: str = "openai") -> RewritePlan:
-    """The plan for one request: the config's, with the budget capped by the
-    model's context window less the output it asks for, where the window is
-    known (the config's <models>, else the built-in table in proxy/models.py),
-    priced as the upstream bills.
+def budget_for(tokens: TokenManagement, body: dict, dialect: str = "openai") -> int:
+    """The config's budget, capped by the model's context window less the
+    output the request asks for, where the window is known (the config's
+    <models>, else the built-in table in proxy/models.py).
 
     A request that names no output keeps room for the model's max output.  The
     room left is cut by the model's margin (Anthropic: its counts are estimates)."""
     model = body["model"]
-    budget = tokens.budget
     window = tokens.context_window_for(model)
-    if window:
-        output = requested_output(body)
-        if output is None:
-            output = tokens.max_output_for(model) or 0
-        room = int((window - output) * (1 - tokens.margin_for(model, dialect)))
-        budget = max(1, min(budget, room))
+    if not window:
+        return tokens.budget
+    output = requested_output(body)
+    if output is None:
+        output = tokens.max_output_for(model) or 0
+    room = int((window - output) * (1 - tokens.margin_for(model, dialect)))
+    return max(1, min(tokens.budget, room))
+
+
+def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing, dialect: str = "openai") -> RewritePlan:
+    """The plan for one request: the config's, with the budget of `budget_for`,
+    priced as the upstream bills."""
+    model = body["model"]
+    budget = budget_for(tokens, body, dialect)
     return RewritePlan(
         budget=budget, compression_threshold=tokens.compression_threshold,
         pruning_distance=tokens.pruning_distance, tier_shares=tokens.tier_shares,
@@ -125,7 +131,7 @@ def manages(tokens: TokenManagement, dialect: str, body: dict, raw: bytes) -> bo
     through the rewrite and may be above the threshold.  A body of no more bytes
     than the threshold has tokens is below it (a token is at least a byte), so
     the common small request costs nothing here."""
-    return (len(raw) > tokens.compression_threshold * tokens.budget
+    return (len(raw) > tokens.compression_threshold * budget_for(tokens, body, dialect)
             and rewrite_applies(tokens, dialect, body))
 
 

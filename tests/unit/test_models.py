@@ -201,3 +201,12 @@ def test_readme_config_examples_load():
         parse_config(XML.format(block))
     for block in full:
         parse_config(block)
+
+
+def test_state_lookup_threshold_follows_the_capped_budget():
+    from ctxwarden.chat import manages
+
+    body = _body("gpt-4o")
+    raw = b" " * 100_000  # more bytes than 0.7 x 111,616 tokens can be, fewer than 0.7 x 200,000
+    assert manages(TokenManagement(), "openai", body, raw)
+    assert not manages(TokenManagement(builtin_models=False), "openai", body, raw)
