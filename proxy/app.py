@@ -56,10 +56,10 @@ class Proxy:
 
     async def start(self) -> None:
         config = self.initial_config
-        # Loading an encoding takes about half a second: do it before the
-        # first request, not during it.
-        for encoding in {config.token_management.default_encoding,
-                         *(m.encoding for m in config.token_management.models if m.encoding)}:
+        # Loading an encoding takes half a second to a second and a half: do it
+        # before the first request, not during it.  A shipped encoding file
+        # that fails its hash check stops the start here.
+        for encoding in config.token_management.encodings():
             get_encoding(encoding)
         self.client = UpstreamClient(config.server)
         self.cache = ResponseCache(make_backend(config.cache), config.cache.ttl, config.cache.coalesce_wait)

@@ -65,17 +65,37 @@ class ChatRequest:
         return headers
 
 
-def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing) -> RewritePlan:
-    """The plan for one request: the config's, with the budget capped by the
-    model's context window less the output it asks for, where both are known,
+def requested_output(body: dict) -> int | None:
+    """The output tokens the request asks room for, or None when it names none."""
+    output = body.get("max_completion_tokens")
+    if output is None:
+        output = body.get("max_tokens")
+    return output if isinstance(output, int) and not isinstance(output, bool) and output >= 0 else None
+
+
+def budget_for(tokens: TokenManagement, body: dict, dialect: str = "openai") -> int:
+    """The config's budget, capped by the model's context window less the
+    output the request asks for, where the window is known (the config's
+    <models>, else the built-in table in proxy/models.py).
+
+    A request that names no output keeps room for the model's max output.  The
+    room left is cut by the model's margin (Anthropic: its counts are estimates)."""
+    model = body["model"]
+    window = tokens.context_window_for(model)
+    if not window:
+        return tokens.budget
+    output = requested_output(body)
+    if output is None:
+        output = tokens.max_output_for(model) or 0
+    room = int((window - output) * (1 - tokens.margin_for(model, dialect)))
+    return max(1, min(tokens.budget, room))
+
+
+def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing, dialect: str = "openai") -> RewritePlan:
+    """The plan for one request: the config's, with the budget of `budget_for`,
     priced as the upstream bills."""
     model = body["model"]
-    budget = tokens.budget
-    window = tokens.context_window_for(model)
-    if window:
-        output = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-        if isinstance(output, int) and not isinstance(output, bool):
-            budget = max(1, min(budget, window - output))
+    budget = budget_for(tokens, body, dialect)
     return RewritePlan(
         budget=budget, compression_threshold=tokens.compression_threshold,
         pruning_distance=tokens.pruning_distance, tier_shares=tokens.tier_shares,
@@ -111,7 +131,7 @@ def manages(tokens: TokenManagement, dialect: str, body: dict, raw: bytes) -> bo
     through the rewrite and may be above the threshold.  A body of no more bytes
     than the threshold has tokens is below it (a token is at least a byte), so
     the common small request costs nothing here."""
-    return (len(raw) > tokens.compression_threshold * tokens.budget
+    return (len(raw) > tokens.compression_threshold * budget_for(tokens, body, dialect)
             and rewrite_applies(tokens, dialect, body))
 
 
@@ -122,7 +142,7 @@ def prepare_chat(tokens: TokenManagement, dialect: str, raw: bytes, body: dict, 
 
     `state`: what was stored for this conversation (see `pipeline.conversation_keys`);
     the result is the same without it, only slower."""
-    plan = rewrite_plan(tokens, body, pricing or get_dialect(dialect).default_pricing)
+    plan = rewrite_plan(tokens, body, pricing or get_dialect(dialect).default_pricing, dialect)
     if not rewrite_applies(tokens, dialect, body):
         count = request_tokens(body, get_dialect(dialect), plan.encoding)
         return ChatRequest(dialect, body, raw, count, count,
@@ -157,4 +177,4 @@ def explain_request(config: Config, dialect: str, raw: bytes) -> dict:
     """What the rewrite does to a request, priced as the upstream it would go to bills."""
     body = parse_chat_body(raw)
     pricing = Router(config.upstreams).choose(dialect, body["model"]).pricing_for(body["model"])
-    return explain_turn(body, dialect, rewrite_plan(config.token_management, body, pricing))
+    return explain_turn(body, dialect, rewrite_plan(config.token_management, body, pricing, dialect))

