@@ -115,17 +115,28 @@ def test_anthropic_estimate_counts_everything():
     assert n > count_text("a.py\nb.py") + count_text('{"cmd":"ls"}')
 
 
-def test_memoised_and_fast():
+def test_memoised(monkeypatch):
     text = "word " * 20000
     tokens.clear_cache()
-    assert count_text(text) == count_text(text)
     body = {"messages": [{"role": "user", "content": text + str(i)} for i in range(50)]}
-    import time
+    first = count_request_tokens(body, "openai")
+    encoded = []
+    real = tokens.get_encoding
+
+    class Watched:
+        def __init__(self, encoding):
+            self.encoding = encoding
+
+        def encode_ordinary(self, value):
+            encoded.append(value)
+            return self.encoding.encode_ordinary(value)
+
+    monkeypatch.setattr(tokens, "get_encoding", lambda name=tokens.DEFAULT_ENCODING: Watched(real(name)))
+    assert count_request_tokens(body, "openai") == first
+    assert encoded == [], "a recount encodes nothing again"
+    body["messages"].append({"role": "user", "content": "one more"})
     count_request_tokens(body, "openai")
-    t = time.perf_counter()
-    for _ in range(10):
-        count_request_tokens(body, "openai")
-    assert (time.perf_counter() - t) / 10 < 0.05
+    assert encoded == ["one more"], "a grown conversation encodes only its new text"
 
 
 @pytest.mark.parametrize("body", [{}, {"messages": None}, {"messages": "x"}, {"messages": [1, None, {"role": 5}]}])
