@@ -46,19 +46,16 @@ def parse_json(raw: bytes) -> Any:
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
-    # iterative: a recursive walk would itself hit the interpreter's limit
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
+    # iterative (a recursive walk would itself hit the interpreter's limit),
+    # one level at a time: a list comprehension per level, not a push and pop per node
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (dict, list))]
+        depth += 1
     return False
 
 
@@ -68,6 +65,15 @@ def compact(value: Any) -> bytes:
         return orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
         return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+def compact_or_none(value: Any) -> bytes | None:
+    """``value`` as compact JSON bytes by orjson, or None where orjson refuses it
+    (``compact`` then takes the standard library, with other escapes)."""
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
 
 
 def canonical(value: Any) -> bytes:

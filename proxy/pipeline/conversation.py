@@ -35,13 +35,14 @@ from dataclasses import replace
 from typing import Any
 
 from ..dialects import Message, get_dialect
-from ..wirejson import compact
+from ..wirejson import compact, compact_or_none
 from .compaction import calls_of, compact_units, render_note
 from .invariants import check_turn
 from .overflow import cut_message
 from .plan import RewritePlan
-from .recall import recall_text
-from .state import ConversationState, Item, TurnOutcome, origin_of, without_markers, conversation_keys
+from .recall import Archive, recall_text
+from .state import (ConversationState, Item, TurnOutcome, conversation_keys, has_markers, origin_of,
+                    without_markers)
 from .text import MARKER_PREFIX
 
 BUDGET_SLACK = 0.01        # a compaction may cost at most this share of the passthrough bill so far, beyond savings
@@ -65,6 +66,8 @@ class _Run:
         self.encoding = plan.encoding
         self.fixed_tokens = self.dialect.fixed_tokens(body, plan.encoding)
         self._parsed: dict[int, Message] = {}
+        self._json: dict[int, bytes | None] = {}
+        self._archive: tuple[tuple | None, Archive | None] = (None, None)
         self.conversation = ""   # the key of its opening (system and task): one per conversation
 
     def parsed(self, item: Item) -> Message:
@@ -75,6 +78,32 @@ class _Run:
         if message is None:
             message = self._parsed[item] = self.dialect.parse_message(item, self.messages[item], self.encoding)
         return message
+
+    def original_json(self, index: int) -> bytes | None:
+        """An original message as compact JSON by orjson (None: orjson refuses it), memoised."""
+        if index not in self._json:
+            self._json[index] = compact_or_none(self.messages[index])
+        return self._json[index]
+
+    def sent_json(self, state: ConversationState) -> bytes:
+        """``compact([state.note] + the items' wire messages)``: built from each
+        original's memoised JSON (a list's compact JSON is its items' joined),
+        since a replay asks for it at every step."""
+        parts = [compact_or_none(state.note)]
+        parts += [self.original_json(x) if isinstance(x, int) else compact_or_none(self.wire(x))
+                  for x in state.items]
+        if any(part is None for part in parts):
+            return compact([state.note] + [self.wire(x) for x in state.items])
+        return b"[" + b",".join(parts) + b"]"
+
+    def archive(self, compacted: list[int]) -> Archive:
+        """The compacted originals' compact JSON: the same between
+        compactions, so kept for the next step's recall."""
+        key = tuple(compacted)
+        if self._archive[0] != key:
+            self._archive = (key, Archive({i: self.original_json(i) or compact(self.messages[i])
+                                           for i in compacted}))
+        return self._archive[1]
 
     def wire(self, item: Item) -> Any:
         if isinstance(item, int):
@@ -127,6 +156,7 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
                                                               or run.role(state.covered) == "assistant")):
         state = None
     state = state or ConversationState()
+    previous_covered = state.covered
     counts = list(state.original_tokens) + [run.parsed(i).tokens for i in range(state.covered, n)]
     tokens_before = run.fixed_tokens + sum(counts)
     if tokens_before <= plan.threshold_tokens:
@@ -166,7 +196,13 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
         return _passthrough(body, tokens_before, state.failure, state)
     new_body, stable = _render(run, state)
     tokens_after = _total(run, state)
-    problems = check_turn(body, new_body, dialect, plan, tokens_after)
+    # the originals sent as they came keep their counts: those counted now, and
+    # the state's (made when they were new) for messages without cache_control
+    # marks, which the key leaves out and a dialect may count; only the rest and
+    # what the rewrite made are recounted
+    known = {id(run.messages[i]): counts[i] for i in range(n)
+             if i >= previous_covered or not has_markers(run.messages[i])}
+    problems = check_turn(body, new_body, dialect, plan, tokens_after, known)
     if problems:
         return _passthrough(body, tokens_before, "the rewrite would break an invariant: " + problems[0])
     return TurnOutcome(new_body, new_body is not body, decision, reason, tokens_before, tokens_after, state,
@@ -235,9 +271,7 @@ def _recall(run: _Run, state: ConversationState, new: list[int]) -> dict | None:
     compacted = [i for i in range(state.head, state.covered) if i not in kept]
     # names are looked for in the messages' JSON first (one C-speed pass);
     # only the compacted messages that hold one are parsed
-    sent = compact([state.note] + [run.wire(x) for x in state.items]).decode("utf-8", "surrogatepass")
-    text = recall_text(names_from, sent, lambda: {i: compact(run.messages[i]).decode("utf-8", "surrogatepass")
-                                                  for i in compacted},
+    text = recall_text(names_from, run.sent_json(state), lambda: run.archive(compacted),
                        run.parsed, lambda m: _call_of(run, m.index),
                        run.plan.share_tokens()[3], run.encoding, run.plan.pruning_distance)
     return None if text is None else {"role": "user", "content": text}

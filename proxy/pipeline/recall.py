@@ -12,6 +12,7 @@ identifier graph, so recall runs when ``pruning_distance`` is at least 1.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 
 from ..tokens import count_text
@@ -24,6 +25,36 @@ LINES_PER_NAME = 3
 MAX_NAMES = 12
 
 
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+class Archive:
+    """The compacted messages' compact JSON (UTF-8) by index, oldest first,
+    joined into one text with ``,`` (which no name holds), so the messages
+    holding a name are found by C-speed searches."""
+
+    def __init__(self, texts: dict[int, bytes]):
+        self.indices = list(texts)
+        self.starts: list[int] = []
+        at = 0
+        for text in texts.values():
+            self.starts.append(at)
+            at += len(text) + 1
+        self.blob = b",".join(texts.values())
+
+    def holding(self, name: bytes) -> list[int]:
+        """Indices of the messages whose JSON holds ``name``, oldest first."""
+        found = []
+        at = self.blob.find(name)
+        while at >= 0:
+            k = bisect_right(self.starts, at) - 1
+            found.append(self.indices[k])
+            end = self.starts[k + 1] if k + 1 < len(self.starts) else len(self.blob)
+            at = self.blob.find(name, end)
+        return found
+
+
 def _origin(message: Message, call_of: Callable[[Message], str | None]) -> str:
     if message.role == "assistant":
         return "what the assistant wrote"
@@ -33,24 +64,28 @@ def _origin(message: Message, call_of: Callable[[Message], str | None]) -> str:
     return f"an earlier {message.role or 'message'}"
 
 
-def recall_text(names_from: Sequence[str], sent_text: str, archive: Callable[[], dict[int, str]],
+def recall_text(names_from: Sequence[str], sent: bytes, archive: Callable[[], Archive],
                 parse: Callable[[int], Message], call_of: Callable[[Message], str | None],
                 budget_tokens: int, encoding: str, pruning_distance: int) -> str | None:
     """The recall message's text, or None when nothing needs to come back.
 
-    ``names_from``: texts of the latest turn; ``sent_text``: what the request
-    already carries before the latest turn; ``archive()``: the compacted
-    messages' raw text by index, oldest first (``parse`` reads one);
-    ``call_of``: the call a result answers."""
+    ``names_from``: texts of the latest turn; ``sent``: what the request
+    already carries before the latest turn, as compact JSON (UTF-8 bytes);
+    ``archive()``: the compacted messages' compact JSON (``parse`` reads one); ``call_of``: the call a result answers.
+    Names are looked for in the UTF-8 bytes: a text holds a name exactly when
+    its UTF-8 holds the name's, and a byte search is one C-speed pass."""
     if pruning_distance < 1 or budget_tokens <= 0:
         return None
-    names = [name for text in names_from for name in identifiers(text)
-             if len(name) >= MIN_NAME_CHARS and name not in sent_text]
-    names = list(dict.fromkeys(names))[:MAX_NAMES]
+    names = []
+    for name in dict.fromkeys(name for text in names_from for name in identifiers(text)):
+        if len(name) >= MIN_NAME_CHARS and _utf8(name) not in sent:
+            names.append(name)
+            if len(names) >= MAX_NAMES:
+                break
     if not names:
         return None
     raw = archive()
-    holding = {name: [i for i, text in raw.items() if name in text] for name in names}
+    holding = {name: raw.holding(_utf8(name)) for name in names}
     names = [name for name in names if holding[name]]
     if not names:
         return None

@@ -194,8 +194,10 @@ def latest_user_kept(original: list, sent: list) -> bool:
     latest = next((m for m in reversed(original) if isinstance(m, dict) and m.get("role") == "user"), None)
     if latest is None:
         return True
+    if any(m is latest for m in sent):
+        return True
     wanted = _canonical(latest)
-    return any(m is latest or _canonical(m) == wanted for m in sent)
+    return any(_canonical(m) == wanted for m in sent)
 
 
 def _canonical(message: Any) -> str:
