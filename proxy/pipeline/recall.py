@@ -42,10 +42,15 @@ class Archive:
             self.starts.append(at)
             at += len(text) + 1
         self.blob = b",".join(texts.values())
+        self._holding: dict[bytes, list[int]] = {}
 
     def holding(self, name: bytes) -> list[int]:
-        """Indices of the messages whose JSON holds ``name``, oldest first."""
-        found = []
+        """Indices of the messages whose JSON holds ``name``, oldest first
+        (remembered: a replay asks again at later steps)."""
+        found = self._holding.get(name)
+        if found is not None:
+            return found
+        found = self._holding[name] = []
         at = self.blob.find(name)
         while at >= 0:
             k = bisect_right(self.starts, at) - 1
