@@ -66,6 +66,7 @@ class _Run:
         self.encoding = plan.encoding
         self.fixed_tokens = self.dialect.fixed_tokens(body, plan.encoding)
         self._parsed: dict[int, Message] = {}
+        self.state_tokens: tuple = ()   # counts of the originals the state covers
         self._json: dict[int, bytes | None] = {}
         self._archive: tuple[tuple | None, Archive | None] = (None, None)
         self.conversation = ""   # the key of its opening (system and task): one per conversation
@@ -76,8 +77,16 @@ class _Run:
                                           self.wire(item), self.encoding)
         message = self._parsed.get(item)
         if message is None:
-            message = self._parsed[item] = self.dialect.parse_message(item, self.messages[item], self.encoding)
+            message = self._parsed[item] = self.dialect.parse_message(item, self.messages[item], self.encoding,
+                                                                      self.known_tokens(item))
         return message
+
+    def known_tokens(self, index: int) -> int | None:
+        """An original's count where the state holds it (and it carries no
+        cache_control marks, which its key leaves out and a dialect may count)."""
+        if index < len(self.state_tokens) and not has_markers(self.messages[index]):
+            return self.state_tokens[index]
+        return None
 
     def original_json(self, index: int) -> bytes | None:
         """An original message as compact JSON by orjson (None: orjson refuses it), memoised."""
@@ -156,7 +165,7 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
                                                               or run.role(state.covered) == "assistant")):
         state = None
     state = state or ConversationState()
-    previous_covered = state.covered
+    run.state_tokens = state.original_tokens
     counts = list(state.original_tokens) + [run.parsed(i).tokens for i in range(state.covered, n)]
     tokens_before = run.fixed_tokens + sum(counts)
     if tokens_before <= plan.threshold_tokens:
@@ -201,7 +210,7 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
     # marks, which the key leaves out and a dialect may count; only the rest and
     # what the rewrite made are recounted
     known = {id(run.messages[i]): counts[i] for i in range(n)
-             if i >= previous_covered or not has_markers(run.messages[i])}
+             if i >= len(run.state_tokens) or run.known_tokens(i) is not None}
     problems = check_turn(body, new_body, dialect, plan, tokens_after, known)
     if problems:
         return _passthrough(body, tokens_before, "the rewrite would break an invariant: " + problems[0])
