@@ -68,7 +68,7 @@ class _Run:
         self._parsed: dict[int, Message] = {}
         self.state_tokens: tuple = ()   # counts of the originals the state covers
         self._json: dict[int, bytes | None] = {}
-        self._archive: tuple[tuple | None, Archive | None] = (None, None)
+        self._archive: Archive | None = None
         self.conversation = ""   # the key of its opening (system and task): one per conversation
 
     def parsed(self, item: Item) -> Message:
@@ -106,13 +106,14 @@ class _Run:
         return b"[" + b",".join(parts) + b"]"
 
     def archive(self, compacted: list[int]) -> Archive:
-        """The compacted originals' compact JSON: the same between
-        compactions, so kept for the next step's recall."""
-        key = tuple(compacted)
-        if self._archive[0] != key:
-            self._archive = (key, Archive({i: self.original_json(i) or compact(self.messages[i])
-                                           for i in compacted}))
-        return self._archive[1]
+        """The compacted originals' compact JSON, indexed: a replay compacts
+        more at each compaction, so the archive is kept and only grows."""
+        if self._archive is None or not self._archive.covers(compacted):
+            self._archive = Archive()
+        if len(self._archive.indices) != len(compacted):
+            self._archive.add({i: self.original_json(i) or compact(self.messages[i]) for i in compacted
+                               if i not in self._archive.indices})
+        return self._archive
 
     def wire(self, item: Item) -> Any:
         if isinstance(item, int):

@@ -12,6 +12,7 @@ identifier graph, so recall runs when ``pruning_distance`` is at least 1.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 
@@ -29,34 +30,74 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-class Archive:
-    """The compacted messages' compact JSON (UTF-8) by index, oldest first,
-    joined into one text with ``,`` (which no name holds), so the messages
-    holding a name are found by C-speed searches."""
+# What a name can hold: ASCII letters, digits and _./:- (identifiers), and
+# non-ASCII bytes (\d matches other scripts' digits); every other byte ends a run.
+_RUN = re.compile(rb"[A-Za-z0-9_./:\-\x80-\xff]+")
 
-    def __init__(self, texts: dict[int, bytes]):
-        self.indices = list(texts)
-        self.starts: list[int] = []
-        at = 0
-        for text in texts.values():
-            self.starts.append(at)
-            at += len(text) + 1
-        self.blob = b",".join(texts.values())
+
+class Archive:
+    """The compacted messages' compact JSON (UTF-8), indexed for finding the
+    messages that hold a name.
+
+    A name holds no byte outside ``_RUN``'s class, so it occurs in a text
+    only inside one of the text's maximal runs of that class: each message is
+    split into its distinct runs once, and a name is searched for in the
+    vocabulary of runs (the runs joined by a newline, in chunks as messages
+    are added), not in the texts, which repeat the same words many times.  A
+    replay compacts more messages at each compaction and keeps the archive,
+    adding only the new ones (:meth:`covers`, :meth:`add`)."""
+
+    def __init__(self, texts: dict[int, bytes] | None = None):
+        self.indices: set[int] = set()
+        self._messages: dict[bytes, list[int]] = {}      # run -> messages holding it
+        self._chunks: list[tuple[bytes, list[int], list[bytes]]] = []   # (joined runs, starts, runs)
         self._holding: dict[bytes, list[int]] = {}
+        if texts:
+            self.add(texts)
+
+    def covers(self, indices) -> bool:
+        return self.indices.issubset(indices)
+
+    def add(self, texts: dict[int, bytes]) -> None:
+        """Messages to archive as well (those already archived are skipped)."""
+        new_runs: list[bytes] = []
+        messages = self._messages
+        for i, text in texts.items():
+            if i in self.indices:
+                continue
+            self.indices.add(i)
+            for run in set(_RUN.findall(text)):
+                holding = messages.get(run)
+                if holding is None:
+                    messages[run] = [i]
+                    new_runs.append(run)
+                else:
+                    holding.append(i)
+        if new_runs:
+            starts, at = [], 0
+            for run in new_runs:
+                starts.append(at)
+                at += len(run) + 1
+            self._chunks.append((b"\n".join(new_runs), starts, new_runs))
+        self._holding.clear()
 
     def holding(self, name: bytes) -> list[int]:
         """Indices of the messages whose JSON holds ``name``, oldest first
-        (remembered: a replay asks again at later steps)."""
+        (remembered until messages are added: a replay asks again at later steps)."""
         found = self._holding.get(name)
         if found is not None:
             return found
-        found = self._holding[name] = []
-        at = self.blob.find(name)
-        while at >= 0:
-            k = bisect_right(self.starts, at) - 1
-            found.append(self.indices[k])
-            end = self.starts[k + 1] if k + 1 < len(self.starts) else len(self.blob)
-            at = self.blob.find(name, end)
+        if not name or _RUN.fullmatch(name) is None:
+            raise ValueError(f"not a name: {name!r}")
+        indices: set[int] = set()
+        for blob, starts, runs in self._chunks:
+            at = blob.find(name)
+            while at >= 0:
+                k = bisect_right(starts, at) - 1
+                indices.update(self._messages[runs[k]])
+                end = starts[k + 1] if k + 1 < len(starts) else len(blob)
+                at = blob.find(name, end)
+        found = self._holding[name] = sorted(indices)
         return found
 
 
