@@ -69,6 +69,7 @@ class _Run:
         self.state_tokens: tuple = ()   # counts of the originals the state covers
         self._json: dict[int, bytes | None] = {}
         self._archive: Archive | None = None
+        self._sent: SentText | None = None
         self.conversation = ""   # the key of its opening (system and task): one per conversation
 
     def parsed(self, item: Item) -> Message:
@@ -94,16 +95,21 @@ class _Run:
             self._json[index] = compact_or_none(self.messages[index])
         return self._json[index]
 
-    def sent_json(self, state: ConversationState) -> bytes:
-        """``compact([state.note] + the items' wire messages)``: built from each
-        original's memoised JSON (a list's compact JSON is its items' joined),
-        since a replay asks for it at every step."""
-        parts = [compact_or_none(state.note)]
-        parts += [self.original_json(x) if isinstance(x, int) else compact_or_none(self.wire(x))
-                  for x in state.items]
-        if any(part is None for part in parts):
+    def sent_json(self, state: ConversationState) -> SentText | bytes:
+        """What ``state`` sends after the head, ``compact([state.note] + the
+        items' wire messages)``, for recall's look-ups of names: between two
+        compactions a replay's steps only append items, so the text is kept
+        and grows (:class:`SentText`); bytes where orjson refuses a part."""
+        sent = self._sent
+        if sent is None or not sent.continues(state):
+            sent = self._sent = SentText(state.note, state.head)
+        new = state.items[len(sent.items):]
+        parts = [self.original_json(x) if isinstance(x, int) else compact_or_none(self.wire(x)) for x in new]
+        if sent.blob is None or any(part is None for part in parts):
+            self._sent = None
             return compact([state.note] + [self.wire(x) for x in state.items])
-        return b"[" + b",".join(parts) + b"]"
+        sent.extend(state.items, parts)
+        return sent
 
     def archive(self, compacted: list[int]) -> Archive:
         """The compacted originals' compact JSON, indexed: a replay compacts
@@ -142,6 +148,38 @@ class _Run:
             return False
         message = self.parsed(item)
         return message.role == "user" and (not message.result_ids or bool(self.user_words(item)))
+
+
+class SentText:
+    """The compact JSON of a note and the items after it, less the list's
+    brackets, growing as items are appended, and which names it holds: a name
+    (no ``,``: it cannot span two items) found stays found, and one not found
+    is looked for next time only in what was appended since."""
+
+    def __init__(self, note: str | None, head: int):
+        self.note, self.head, self.items = note, head, ()
+        self.blob = compact_or_none(note)
+        self._found: set[bytes] = set()
+        self._searched: dict[bytes, int] = {}   # name -> length of the text it was not in
+
+    def continues(self, state: ConversationState) -> bool:
+        return (state.note == self.note and state.head == self.head
+                and state.items[:len(self.items)] == self.items)
+
+    def extend(self, items: tuple, parts: list[bytes]) -> None:
+        if parts:
+            self.blob = b",".join([self.blob, *parts])
+        self.items = items
+
+    def __contains__(self, name: bytes) -> bool:
+        if name in self._found:
+            return True
+        start = self._searched.get(name, 0) if b"," not in name else 0
+        if self.blob.find(name, start) >= 0:
+            self._found.add(name)
+            return True
+        self._searched[name] = len(self.blob)
+        return False
 
 
 def _in_tool_result(path: tuple) -> bool:

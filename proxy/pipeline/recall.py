@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 
 from ..tokens import count_text
 from .compaction import LINE_CHARS
@@ -110,14 +110,16 @@ def _origin(message: Message, call_of: Callable[[Message], str | None]) -> str:
     return f"an earlier {message.role or 'message'}"
 
 
-def recall_text(names_from: Sequence[str], sent: bytes, archive: Callable[[], Archive],
+def recall_text(names_from: Sequence[str], sent: Container[bytes], archive: Callable[[], Archive],
                 parse: Callable[[int], Message], call_of: Callable[[Message], str | None],
                 budget_tokens: int, encoding: str, pruning_distance: int) -> str | None:
     """The recall message's text, or None when nothing needs to come back.
 
     ``names_from``: texts of the latest turn; ``sent``: what the request
-    already carries before the latest turn, as compact JSON (UTF-8 bytes);
-    ``archive()``: the compacted messages' compact JSON (``parse`` reads one); ``call_of``: the call a result answers.
+    already carries before the latest turn, as compact JSON (UTF-8 bytes, or
+    what answers ``in`` as they would);
+    ``archive()``: the compacted messages' compact JSON (``parse`` reads
+    one); ``call_of``: the call a result answers.
     Names are looked for in the UTF-8 bytes: a text holds a name exactly when
     its UTF-8 holds the name's, and a byte search is one C-speed pass."""
     if pruning_distance < 1 or budget_tokens <= 0:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from ctxwarden.dialects import get_dialect, request_tokens
 from ctxwarden.pipeline import ConversationState, RewritePlan, conversation_keys, rewrite_turn
+from ctxwarden.pipeline.conversation import SentText
 from ctxwarden.pipeline.invariants import sent_tokens
 from ctxwarden.pipeline.recall import Archive
 from ctxwarden.pipeline.state import has_markers
@@ -104,6 +105,26 @@ def test_the_joined_archive_finds_what_a_scan_of_each_message_finds(archive, wan
             assert (name in text) == (name.encode() in text.encode())
 
 
+@SETTINGS
+@given(note=texts, steps=st.lists(st.tuples(st.lists(texts, max_size=3), st.lists(names, max_size=4)), max_size=6))
+def test_the_growing_sent_text_answers_as_the_whole_text(note, steps):
+    """Between compactions a replay appends items; ``in`` on the kept text is ``in`` on the whole."""
+    REACHED["sent texts"] += 1
+    sent = SentText(note, 1)
+    items: tuple = ()
+    for added, wanted in steps:
+        items = items + tuple({"role": "tool", "content": text} for text in added)
+        state = ConversationState(note=note, head=1, items=items)
+        assert sent.continues(state)
+        sent.extend(items, [compact(item) for item in items[len(sent.items):]])
+        whole = compact([note, *items])
+        for name in wanted:
+            REACHED["names sent"] += name.encode() in whole
+            assert (name.encode() in sent) == (name.encode() in whole)
+            assert (name.encode() in sent) == (name.encode() in whole)
+    assert not sent.continues(ConversationState(note=note + "x", head=1, items=items))
+
+
 json_values = st.recursive(st.none() | st.integers() | st.text(max_size=3),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
                                st.sampled_from(["a", "b", "cache_control"]) | st.text(max_size=2), inner, max_size=3),
@@ -141,5 +162,6 @@ def test_floors():
     assert REACHED["examples"] >= 50
     assert REACHED["known state"] >= 100
     assert REACHED["rewritten"] >= 50
+    assert REACHED["sent texts"] >= 50 and REACHED["names sent"] >= 20
     assert REACHED["archives"] >= 50 and REACHED["names held"] >= 10
     assert REACHED["depths"] >= 50 and REACHED["too deep"] >= 10 and REACHED["marked"] >= 5
