@@ -36,20 +36,27 @@ _RUN = re.compile(rb"[A-Za-z0-9_./:\-\x80-\xff]+")
 
 
 class Archive:
-    """The compacted messages' compact JSON (UTF-8), indexed for finding the
-    messages that hold a name.
+    """The compacted messages' compact JSON (UTF-8), for finding the messages
+    that hold a name.
 
-    A name holds no byte outside ``_RUN``'s class, so it occurs in a text
-    only inside one of the text's maximal runs of that class: each message is
-    split into its distinct runs once, and a name is searched for in the
-    vocabulary of runs (the runs joined by a newline, in chunks as messages
-    are added), not in the texts, which repeat the same words many times.  A
-    replay compacts more messages at each compaction and keeps the archive,
-    adding only the new ones (:meth:`covers`, :meth:`add`)."""
+    The first look-ups scan the texts joined by ``,`` (which no name holds).
+    A replay looks up names at every step, so after ``INDEX_AFTER`` scans the
+    archive is indexed: a name holds no byte outside ``_RUN``'s class, so it
+    occurs in a text only inside one of the text's maximal runs of that
+    class; each message is split into its distinct runs once, and a name is
+    searched for in the vocabulary of runs (joined by a newline, in chunks as
+    messages are added), much shorter than texts that repeat the same words.
+    A replay compacts more messages at each compaction and keeps the
+    archive, adding only the new ones (:meth:`covers`, :meth:`add`)."""
+
+    INDEX_AFTER = 16
 
     def __init__(self, texts: dict[int, bytes] | None = None):
         self.indices: set[int] = set()
-        self._messages: dict[bytes, list[int]] = {}      # run -> messages holding it
+        self._texts: dict[int, bytes] = {}
+        self._joined: tuple[bytes, list[int], list[int]] | None = None   # (texts joined, starts, indices)
+        self._scans = 0
+        self._messages: dict[bytes, list[int]] | None = None   # run -> messages holding it, once indexed
         self._chunks: list[tuple[bytes, list[int], list[bytes]]] = []   # (joined runs, starts, runs)
         self._holding: dict[bytes, list[int]] = {}
         if texts:
@@ -60,12 +67,20 @@ class Archive:
 
     def add(self, texts: dict[int, bytes]) -> None:
         """Messages to archive as well (those already archived are skipped)."""
+        new = {i: text for i, text in texts.items() if i not in self.indices}
+        if not new:
+            return
+        self.indices.update(new)
+        self._texts.update(new)
+        self._joined = None
+        self._holding.clear()
+        if self._messages is not None:
+            self._index(new)
+
+    def _index(self, texts: dict[int, bytes]) -> None:
         new_runs: list[bytes] = []
         messages = self._messages
         for i, text in texts.items():
-            if i in self.indices:
-                continue
-            self.indices.add(i)
             for run in set(_RUN.findall(text)):
                 holding = messages.get(run)
                 if holding is None:
@@ -74,12 +89,7 @@ class Archive:
                 else:
                     holding.append(i)
         if new_runs:
-            starts, at = [], 0
-            for run in new_runs:
-                starts.append(at)
-                at += len(run) + 1
-            self._chunks.append((b"\n".join(new_runs), starts, new_runs))
-        self._holding.clear()
+            self._chunks.append((b"\n".join(new_runs), *_starts(new_runs), new_runs))
 
     def holding(self, name: bytes) -> list[int]:
         """Indices of the messages whose JSON holds ``name``, oldest first
@@ -89,16 +99,41 @@ class Archive:
             return found
         if not name or _RUN.fullmatch(name) is None:
             raise ValueError(f"not a name: {name!r}")
-        indices: set[int] = set()
-        for blob, starts, runs in self._chunks:
-            at = blob.find(name)
-            while at >= 0:
-                k = bisect_right(starts, at) - 1
-                indices.update(self._messages[runs[k]])
-                end = starts[k + 1] if k + 1 < len(starts) else len(blob)
-                at = blob.find(name, end)
-        found = self._holding[name] = sorted(indices)
-        return found
+        self._scans += 1
+        if self._messages is None and self._scans > self.INDEX_AFTER:
+            self._messages = {}
+            self._index(self._texts)
+        if self._messages is not None:
+            found = set()
+            for blob, starts, runs in self._chunks:
+                for k in _finds(blob, starts, name):
+                    found.update(self._messages[runs[k]])
+        else:
+            if self._joined is None:
+                self._joined = (b",".join(self._texts.values()), *_starts(self._texts.values()), list(self._texts))
+            blob, starts, order = self._joined
+            found = {order[k] for k in _finds(blob, starts, name)}
+        result = self._holding[name] = sorted(found)
+        return result
+
+
+def _starts(parts) -> tuple[list[int]]:
+    """Where each part starts in the parts joined by one byte."""
+    starts, at = [], 0
+    for part in parts:
+        starts.append(at)
+        at += len(part) + 1
+    return (starts,)
+
+
+def _finds(blob: bytes, starts: list[int], name: bytes):
+    """The parts (by position) of ``blob`` that hold ``name``, each once."""
+    at = blob.find(name)
+    while at >= 0:
+        k = bisect_right(starts, at) - 1
+        yield k
+        end = starts[k + 1] if k + 1 < len(starts) else len(blob)
+        at = blob.find(name, end)
 
 
 def _origin(message: Message, call_of: Callable[[Message], str | None]) -> str:

@@ -95,11 +95,19 @@ def test_the_joined_archive_finds_what_a_scan_of_each_message_finds(archive, wan
     grown = Archive({i: t for i, t in texts_json.items() if i % 2})   # as a replay: messages added later
     grown.holding(b"abcd")
     grown.add(texts_json)
+    grown_indexed = Archive({i: t for i, t in texts_json.items() if i % 2})
+    grown_indexed.INDEX_AFTER = 0
+    grown_indexed.holding(b"abcd")                                    # indexed, then messages added
+    grown_indexed.add(texts_json)
     for name in wanted:
         expected = [i for i, text in texts_json.items() if name.encode() in text]
         assert joined.holding(name.encode()) == expected
         assert joined.holding(name.encode()) == expected         # remembered, the same
         assert grown.holding(name.encode()) == expected
+        assert grown_indexed.holding(name.encode()) == expected
+        indexed = Archive(texts_json)
+        indexed.INDEX_AFTER = 0                                   # the vocabulary index at once
+        assert indexed.holding(name.encode()) == expected
         REACHED["names held"] += bool(expected)
         for text in archive.values():
             assert (name in text) == (name.encode() in text.encode())
