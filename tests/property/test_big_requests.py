@@ -165,11 +165,43 @@ def test_compact_or_none_is_compact_where_orjson_takes_it():
     assert b"[" + b",".join(parts) + b"]" == compact(["note", {"role": "user", "content": "x"}, [1, 2]])
 
 
+bodies = st.dictionaries(st.sampled_from(["model", "messages", "stream", "a"]) | st.text(max_size=3),
+                         json_values | st.lists(json_values, max_size=4), max_size=5)
+
+
+@SETTINGS
+@given(body=bodies, indent=st.sampled_from([None, 0, 2]), cut=st.integers(0, 400), junk=st.sampled_from(
+    ["", " ", ",", "]", "}", "x", "1e400", "NaN", '"\\ud800"']))
+def test_a_body_parsed_in_pieces_is_the_body_parsed_whole(body, indent, cut, junk):
+    """Big bodies are parsed a value at a time: the same value, or the same refusal."""
+    import json
+
+    from ctxwarden.errors import BadRequest
+    from ctxwarden.wirejson import _in_pieces, _whole
+
+    REACHED["pieces"] += 1
+    text = json.dumps(body, indent=indent)
+    for raw in (text.encode(), (text[:cut] + junk + text[cut:]).encode("utf-8", "surrogatepass")):
+        try:
+            whole = _whole(raw)
+        except BadRequest:
+            whole = BadRequest
+        try:
+            pieces = _in_pieces(raw)
+        except (RecursionError, ValueError, UnicodeDecodeError):
+            continue                       # parse_json then parses it whole: the same by construction
+        REACHED["pieces parsed"] += 1
+        assert whole is not BadRequest, "parsed in pieces what the whole parse refuses"
+        assert pieces == whole and list(pieces) == list(whole)
+    REACHED["pieces refused"] += whole is BadRequest
+
+
 def test_floors():
     """Every property above was reached by enough examples to mean something."""
     assert REACHED["examples"] >= 50
     assert REACHED["known state"] >= 100
     assert REACHED["rewritten"] >= 50
     assert REACHED["sent texts"] >= 50 and REACHED["names sent"] >= 20
+    assert REACHED["pieces parsed"] >= 50 and REACHED["pieces refused"] >= 10
     assert REACHED["archives"] >= 50 and REACHED["names held"] >= 10
     assert REACHED["depths"] >= 50 and REACHED["too deep"] >= 10 and REACHED["marked"] >= 5
