@@ -85,9 +85,13 @@ class _Run:
     def known_tokens(self, index: int) -> int | None:
         """An original's count where the state holds it (and it carries no
         cache_control marks, which its key leaves out and a dialect may count)."""
-        if index < len(self.state_tokens) and not has_markers(self.messages[index]):
-            return self.state_tokens[index]
-        return None
+        if index >= len(self.state_tokens):
+            return None
+        # the JSON (kept: recall reads it too) rules out most messages in one C-speed search
+        data = self.original_json(index)
+        if (data is None or b'"cache_control"' in data) and has_markers(self.messages[index]):
+            return None
+        return self.state_tokens[index]
 
     def original_json(self, index: int) -> bytes | None:
         """An original message as compact JSON by orjson (None: orjson refuses it), memoised."""
