@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 
 import anyio
 from starlette.applications import Starlette
@@ -124,6 +125,9 @@ async def _proxy_error(request: Request, exc: Exception) -> Response:
     return error_response(exc, dialect_for(request.url.path, request.headers))
 
 
+GIL_SWITCH_SECONDS = 0.001    # Python's default is 0.005
+
+
 def create_app(config: Config, config_path: str | None = None, last_good_path: str | None = None,
                shared: SharedDir | None = None, listen_host: str | None = None) -> Starlette:
     """The ASGI app. With `config_path`, the file is watched and reloaded; with
@@ -134,6 +138,9 @@ def create_app(config: Config, config_path: str | None = None, last_good_path: s
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        # a big body is rewritten on a worker thread in pure Python, and the event
+        # loop waits for the GIL up to the switch interval every time it needs it
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_SECONDS))
         await proxy.start()
         try:
             async with anyio.create_task_group() as tasks:

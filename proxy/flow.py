@@ -28,15 +28,16 @@ from .outgoing import Slot, send
 from .pipeline import conversation_keys
 from .upstream import relay
 
-# Bodies larger than this are counted and rewritten on a worker thread, so
-# one huge request does not stall every other request on the event loop.
+# Bodies larger than this are parsed, counted, rewritten and keyed on a worker
+# thread, so one huge request does not stall every other request on the event loop.
 OFFLOAD_BODY_BYTES = 256 * 1024
 
 
 async def chat(context: Context, request: Incoming, raw: bytes, dialect: Dialect, record: RequestRecord,
                opened: OpenTap, slot: Slot | None = None) -> Response:
     started = time.perf_counter()
-    body = parse_chat_body(raw)
+    large = len(raw) > OFFLOAD_BODY_BYTES
+    body = await _call(large, parse_chat_body, raw)
     target = context.routes.route(dialect.name, body["model"])
     rewritten = await rewrite(context, request, raw, body, dialect, target.upstream)
     record.rewrite_seconds = time.perf_counter() - started
@@ -44,8 +45,10 @@ async def chat(context: Context, request: Incoming, raw: bytes, dialect: Dialect
     record.tokens_before, record.tokens_after = rewritten.tokens_before, rewritten.tokens_after
     record.cost_sent, record.cost_passthrough = rewritten.cost_sent, rewritten.cost_passthrough
     headers = rewritten.headers()
-    policy = request_policy(context.config.cache, target.name, request.path, rewritten.body,
-                            request.headers, request.header(b"cache-control"), query=request.query)
+    # the key hashes the body sent: on a worker thread too when that is large
+    policy = await _call(len(rewritten.content) > OFFLOAD_BODY_BYTES, request_policy, context.config.cache,
+                         target.name, request.path, rewritten.body, request.headers,
+                         request.header(b"cache-control"), request.query)
 
     async def upstream() -> httpx.Response:
         return await send(context.client, record, target, request, rewritten.content, slot,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import orjson
@@ -32,33 +33,109 @@ def _not_a_number(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# Bodies larger than this are parsed a piece at a time (see _in_pieces)
+PIECES_BYTES = 1024 * 1024
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_not_a_number)
+_WS = re.compile(r"[ \t\n\r]*")
+
+
 def parse_json(raw: bytes) -> Any:
     """A request body as JSON, or a BadRequest saying why not."""
-    try:
-        value = json.loads(raw, parse_float=_finite, parse_constant=_not_a_number)
-    except RecursionError as exc:
-        raise BadRequest(f"request body is nested deeper than {MAX_DEPTH} levels") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    value = _NOT_PARSED
+    if len(raw) > PIECES_BYTES:
+        try:
+            value = _in_pieces(raw)
+        except (RecursionError, ValueError, UnicodeDecodeError):
+            value = _NOT_PARSED    # parsed whole below, for the error it gives
+    if value is _NOT_PARSED:
+        value = _whole(raw)
     if _depth_exceeds(value, MAX_DEPTH):
         raise BadRequest(f"request body is nested deeper than {MAX_DEPTH} levels")
     return value
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    # iterative: a recursive walk would itself hit the interpreter's limit
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children = node.values()
-        elif isinstance(node, list):
-            children = node
+_NOT_PARSED = object()
+
+
+def _whole(raw: bytes) -> Any:
+    try:
+        return json.loads(raw, parse_float=_finite, parse_constant=_not_a_number)
+    except RecursionError as exc:
+        raise BadRequest(f"request body is nested deeper than {MAX_DEPTH} levels") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+
+
+def _in_pieces(raw: bytes) -> Any:
+    """``json.loads(raw)`` for a body that is an object, with each of its
+    values, and each item of its ``messages`` list, parsed by a call of its
+    own: one call over a 30 MB body holds the GIL for a few hundred ms, and a
+    worker thread parsing it would stall the event loop that long.  Raises
+    ValueError where the body is anything else (or not JSON)."""
+    text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    value, skip = _DECODER.raw_decode, _WS.match
+    i = skip(text, 0).end()
+    if text[i:i + 1] != "{":
+        raise ValueError("not an object")
+    i = skip(text, i + 1).end()
+    body: dict = {}
+    if text[i:i + 1] == "}":
+        i += 1
+    else:
+        while True:
+            if text[i:i + 1] != '"':
+                raise ValueError("a key expected")
+            key, i = value(text, i)
+            i = skip(text, i).end()
+            if text[i:i + 1] != ":":
+                raise ValueError("':' expected")
+            i = skip(text, i + 1).end()
+            if key == "messages" and text[i:i + 1] == "[":
+                body[key], i = _list_in_pieces(text, i)
+            else:
+                body[key], i = value(text, i)
+            i = skip(text, i).end()
+            if text[i:i + 1] == ",":
+                i = skip(text, i + 1).end()
+            elif text[i:i + 1] == "}":
+                i += 1
+                break
+            else:
+                raise ValueError("',' or '}' expected")
+    if skip(text, i).end() != len(text):
+        raise ValueError("extra data")
+    return body
+
+
+def _list_in_pieces(text: str, i: int) -> tuple[list, int]:
+    value, skip = _DECODER.raw_decode, _WS.match
+    i = skip(text, i + 1).end()
+    items: list = []
+    if text[i:i + 1] == "]":
+        return items, i + 1
+    while True:
+        item, i = value(text, i)
+        items.append(item)
+        i = skip(text, i).end()
+        if text[i:i + 1] == ",":
+            i = skip(text, i + 1).end()
+        elif text[i:i + 1] == "]":
+            return items, i + 1
         else:
-            continue
+            raise ValueError("',' or ']' expected")
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    # iterative (a recursive walk would itself hit the interpreter's limit),
+    # one level at a time: a list comprehension per level, not a push and pop per node
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (dict, list))]
+        depth += 1
     return False
 
 
@@ -68,6 +145,15 @@ def compact(value: Any) -> bytes:
         return orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
         return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+def compact_or_none(value: Any) -> bytes | None:
+    """``value`` as compact JSON bytes by orjson, or None where orjson refuses it
+    (``compact`` then takes the standard library, with other escapes)."""
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
 
 
 def canonical(value: Any) -> bytes:

@@ -98,8 +98,9 @@ class Dialect(Protocol):
     def recognises(self, headers: Mapping[str, str]) -> bool:
         """The headers are what this provider's SDK sends on any path."""
 
-    def parse_message(self, index: int, wire: Any, encoding: str) -> Message:
-        """One wire message as the rewrite sees it (never raises)."""
+    def parse_message(self, index: int, wire: Any, encoding: str, tokens: int | None = None) -> Message:
+        """One wire message as the rewrite sees it (never raises); ``tokens``: its
+        count where already known (else counted)."""
 
     def check_structure(self, messages: Any) -> list[str]:
         """Problems with role order and tool-call pairing (empty: valid)."""

@@ -35,13 +35,14 @@ from dataclasses import replace
 from typing import Any
 
 from ..dialects import Message, get_dialect
-from ..wirejson import compact
+from ..wirejson import compact, compact_or_none
 from .compaction import calls_of, compact_units, render_note
 from .invariants import check_turn
 from .overflow import cut_message
 from .plan import RewritePlan
-from .recall import recall_text
-from .state import ConversationState, Item, TurnOutcome, origin_of, without_markers, conversation_keys
+from .recall import Archive, recall_text
+from .state import (ConversationState, Item, TurnOutcome, conversation_keys, has_markers, origin_of,
+                    without_markers)
 from .text import MARKER_PREFIX
 
 BUDGET_SLACK = 0.01        # a compaction may cost at most this share of the passthrough bill so far, beyond savings
@@ -65,6 +66,10 @@ class _Run:
         self.encoding = plan.encoding
         self.fixed_tokens = self.dialect.fixed_tokens(body, plan.encoding)
         self._parsed: dict[int, Message] = {}
+        self.state_tokens: tuple = ()   # counts of the originals the state covers
+        self._json: dict[int, bytes | None] = {}
+        self._archive: Archive | None = None
+        self._sent: SentText | None = None
         self.conversation = ""   # the key of its opening (system and task): one per conversation
 
     def parsed(self, item: Item) -> Message:
@@ -73,8 +78,52 @@ class _Run:
                                           self.wire(item), self.encoding)
         message = self._parsed.get(item)
         if message is None:
-            message = self._parsed[item] = self.dialect.parse_message(item, self.messages[item], self.encoding)
+            message = self._parsed[item] = self.dialect.parse_message(item, self.messages[item], self.encoding,
+                                                                      self.known_tokens(item))
         return message
+
+    def known_tokens(self, index: int) -> int | None:
+        """An original's count where the state holds it (and it carries no
+        cache_control marks, which its key leaves out and a dialect may count)."""
+        if index >= len(self.state_tokens):
+            return None
+        # the JSON (kept: recall reads it too) rules out most messages in one C-speed search
+        data = self.original_json(index)
+        if (data is None or b'"cache_control"' in data) and has_markers(self.messages[index]):
+            return None
+        return self.state_tokens[index]
+
+    def original_json(self, index: int) -> bytes | None:
+        """An original message as compact JSON by orjson (None: orjson refuses it), memoised."""
+        if index not in self._json:
+            self._json[index] = compact_or_none(self.messages[index])
+        return self._json[index]
+
+    def sent_json(self, state: ConversationState) -> SentText | bytes:
+        """What ``state`` sends after the head, ``compact([state.note] + the
+        items' wire messages)``, for recall's look-ups of names: between two
+        compactions a replay's steps only append items, so the text is kept
+        and grows (:class:`SentText`); bytes where orjson refuses a part."""
+        sent = self._sent
+        if sent is None or not sent.continues(state):
+            sent = self._sent = SentText(state.note, state.head)
+        new = state.items[len(sent.items):]
+        parts = [self.original_json(x) if isinstance(x, int) else compact_or_none(self.wire(x)) for x in new]
+        if sent.blob is None or any(part is None for part in parts):
+            self._sent = None
+            return compact([state.note] + [self.wire(x) for x in state.items])
+        sent.extend(state.items, parts)
+        return sent
+
+    def archive(self, compacted: list[int]) -> Archive:
+        """The compacted originals' compact JSON, indexed: a replay compacts
+        more at each compaction, so the archive is kept and only grows."""
+        if self._archive is None or not self._archive.covers(compacted):
+            self._archive = Archive()
+        if len(self._archive.indices) != len(compacted):
+            self._archive.add({i: self.original_json(i) or compact(self.messages[i]) for i in compacted
+                               if i not in self._archive.indices})
+        return self._archive
 
     def wire(self, item: Item) -> Any:
         if isinstance(item, int):
@@ -105,6 +154,38 @@ class _Run:
         return message.role == "user" and (not message.result_ids or bool(self.user_words(item)))
 
 
+class SentText:
+    """The compact JSON of a note and the items after it, less the list's
+    brackets, growing as items are appended, and which names it holds: a name
+    (no ``,``: it cannot span two items) found stays found, and one not found
+    is looked for next time only in what was appended since."""
+
+    def __init__(self, note: str | None, head: int):
+        self.note, self.head, self.items = note, head, ()
+        self.blob = compact_or_none(note)
+        self._found: set[bytes] = set()
+        self._searched: dict[bytes, int] = {}   # name -> length of the text it was not in
+
+    def continues(self, state: ConversationState) -> bool:
+        return (state.note == self.note and state.head == self.head
+                and state.items[:len(self.items)] == self.items)
+
+    def extend(self, items: tuple, parts: list[bytes]) -> None:
+        if parts:
+            self.blob = b",".join([self.blob, *parts])
+        self.items = items
+
+    def __contains__(self, name: bytes) -> bool:
+        if name in self._found:
+            return True
+        start = self._searched.get(name, 0) if b"," not in name else 0
+        if self.blob.find(name, start) >= 0:
+            self._found.add(name)
+            return True
+        self._searched[name] = len(self.blob)
+        return False
+
+
 def _in_tool_result(path: tuple) -> bool:
     # Anthropic: ("content", i, "content", ...) addresses a tool_result's own content
     return len(path) >= 3 and path[2] == "content"
@@ -127,6 +208,7 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
                                                               or run.role(state.covered) == "assistant")):
         state = None
     state = state or ConversationState()
+    run.state_tokens = state.original_tokens
     counts = list(state.original_tokens) + [run.parsed(i).tokens for i in range(state.covered, n)]
     tokens_before = run.fixed_tokens + sum(counts)
     if tokens_before <= plan.threshold_tokens:
@@ -166,7 +248,13 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
         return _passthrough(body, tokens_before, state.failure, state)
     new_body, stable = _render(run, state)
     tokens_after = _total(run, state)
-    problems = check_turn(body, new_body, dialect, plan, tokens_after)
+    # the originals sent as they came keep their counts: those counted now, and
+    # the state's (made when they were new) for messages without cache_control
+    # marks, which the key leaves out and a dialect may count; only the rest and
+    # what the rewrite made are recounted
+    known = {id(run.messages[i]): counts[i] for i in range(n)
+             if i >= len(run.state_tokens) or run.known_tokens(i) is not None}
+    problems = check_turn(body, new_body, dialect, plan, tokens_after, known)
     if problems:
         return _passthrough(body, tokens_before, "the rewrite would break an invariant: " + problems[0])
     return TurnOutcome(new_body, new_body is not body, decision, reason, tokens_before, tokens_after, state,
@@ -235,9 +323,7 @@ def _recall(run: _Run, state: ConversationState, new: list[int]) -> dict | None:
     compacted = [i for i in range(state.head, state.covered) if i not in kept]
     # names are looked for in the messages' JSON first (one C-speed pass);
     # only the compacted messages that hold one are parsed
-    sent = compact([state.note] + [run.wire(x) for x in state.items]).decode("utf-8", "surrogatepass")
-    text = recall_text(names_from, sent, lambda: {i: compact(run.messages[i]).decode("utf-8", "surrogatepass")
-                                                  for i in compacted},
+    text = recall_text(names_from, run.sent_json(state), lambda: run.archive(compacted),
                        run.parsed, lambda m: _call_of(run, m.index),
                        run.plan.share_tokens()[3], run.encoding, run.plan.pruning_distance)
     return None if text is None else {"role": "user", "content": text}

@@ -3,7 +3,8 @@
 ``check_turn(body, sent, dialect, plan, tokens_after)`` lists what the body to
 send breaks (empty when everything holds):
 
-* it fits the budget (recounted, not trusted);
+* it fits the budget (recounted, not trusted: only the messages sent as the
+  very objects whose counts are ``known`` take those counts, by identity);
 * every top-level field but ``messages`` (and the cache hints the dialect
   may add) is the client's, in its order;
 * the system prompt is byte-identical, and so is the latest message the user
@@ -23,7 +24,21 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def check_turn(body: dict, sent: dict, dialect: str, plan, tokens_after: int | None = None) -> list[str]:
+def sent_tokens(sent: dict, wire, encoding: str, known: dict[int, int] | None = None) -> int:
+    """``request_tokens(sent)``, with the messages whose ``id`` is in ``known``
+    (objects the caller holds, already counted) taking their count from it."""
+    if not known:
+        return request_tokens(sent, wire, encoding)
+    messages = sent.get("messages")
+    if not isinstance(messages, list):
+        return request_tokens(sent, wire, encoding)
+    count = known.get
+    return wire.fixed_tokens(sent, encoding) + sum(
+        n if (n := count(id(m))) is not None else wire.message_tokens(m, encoding) for m in messages)
+
+
+def check_turn(body: dict, sent: dict, dialect: str, plan, tokens_after: int | None = None,
+               known: dict[int, int] | None = None) -> list[str]:
     problems: list[str] = []
     if sent is body:
         return problems
@@ -33,7 +48,7 @@ def check_turn(body: dict, sent: dict, dialect: str, plan, tokens_after: int | N
     for key, value in body.items():
         if key != "messages" and sent.get(key) is not value:
             problems.append(f"top-level field {key!r} changed")
-    actual = request_tokens(sent, wire, plan.encoding)
+    actual = sent_tokens(sent, wire, plan.encoding, known)
     if actual > plan.budget:
         problems.append(f"over the budget: {actual} > {plan.budget} tokens")
     if tokens_after is not None and tokens_after < actual:

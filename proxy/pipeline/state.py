@@ -32,6 +32,20 @@ def without_markers(value: Any) -> Any:
     return value
 
 
+def has_markers(value: Any) -> bool:
+    """Whether ``value`` holds a cache_control key anywhere."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "cache_control" in node:
+                return True
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
+    return False
+
+
 def _key_bytes(value: Any) -> bytes:
     data = canonical(value)
     return canonical(without_markers(value)) if b'"cache_control"' in data else data

@@ -4,6 +4,7 @@ shape, nothing sent upstream when the proxy refuses, and the proxy keeps serving
 from __future__ import annotations
 
 import json
+import re
 
 import anthropic
 import httpx
@@ -70,6 +71,23 @@ def test_bad_input_is_400_and_nothing_sent(http, upstream, local_upstream, diale
     assert err["type"] == "invalid_request_error"
     assert len(upstream.recorder) == 0, [q.path for q in upstream.recorder.requests]
     assert len(local_upstream.recorder) == 0
+
+
+# the same bodies made big (a 1.5 MB field first): parsed a value at a time on a worker thread
+BIG_PAD = b'{"metadata": "' + b"x" * 1_500_000 + b'", '
+BIG_BAD_BODIES = {case: BIG_PAD + body[1:] for case, body in BAD_BODIES.items() if body.startswith(b"{")}
+
+
+@pytest.mark.parametrize("case", sorted(BIG_BAD_BODIES))
+def test_big_bad_input_is_400_as_small(http, upstream, case):
+    small = http.post(CHAT["openai"], content=BAD_BODIES[case],
+                      headers={"content-type": "application/json", **HEADERS["openai"]})
+    r = http.post(CHAT["openai"], content=BIG_BAD_BODIES[case],
+                  headers={"content-type": "application/json", **HEADERS["openai"]})
+    err = _assert_error("openai", r, 400)
+    # the same refusal (positions in it differ: the big body is longer)
+    assert re.sub(r"\d+", "N", err["message"]) == re.sub(r"\d+", "N", _assert_error("openai", small, 400)["message"])
+    assert len(upstream.recorder) == 0
 
 
 def test_bad_input_raises_sdk_bad_request(openai_client, anthropic_client, upstream):

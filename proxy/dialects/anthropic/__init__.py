@@ -60,8 +60,9 @@ def _tool_result_content(i: int, block: dict, segments: list, texts: list) -> tu
     return opaque, unknown
 
 
-def parse_message(index: int, wire: Any, encoding: str) -> Message:
-    tokens = message_tokens(wire, encoding)
+def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = None) -> Message:
+    if tokens is None:
+        tokens = message_tokens(wire, encoding)
     if not isinstance(wire, dict) or wire.get("role") not in ROLES:
         role = wire.get("role") if isinstance(wire, dict) and isinstance(wire.get("role"), str) else ""
         return Message(index=index, role=role, wire=wire, tokens=tokens,

@@ -34,8 +34,9 @@ OPAQUE_PARTS = frozenset({"image_url", "input_audio", "file", "image", "input_im
 TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
 
-def parse_message(index: int, wire: Any, encoding: str) -> Message:
-    tokens = message_tokens(wire, encoding)
+def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = None) -> Message:
+    if tokens is None:
+        tokens = message_tokens(wire, encoding)
     if not isinstance(wire, dict) or not isinstance(wire.get("role"), str) or wire["role"] not in KNOWN_ROLES:
         role = wire.get("role") if isinstance(wire, dict) and isinstance(wire.get("role"), str) else ""
         return Message(index=index, role=role, wire=wire, tokens=tokens,
@@ -194,8 +195,10 @@ def latest_user_kept(original: list, sent: list) -> bool:
     latest = next((m for m in reversed(original) if isinstance(m, dict) and m.get("role") == "user"), None)
     if latest is None:
         return True
+    if any(m is latest for m in sent):
+        return True
     wanted = _canonical(latest)
-    return any(m is latest or _canonical(m) == wanted for m in sent)
+    return any(_canonical(m) == wanted for m in sent)
 
 
 def _canonical(message: Any) -> str:
