@@ -41,7 +41,7 @@ from .invariants import check_turn
 from .overflow import cut_message
 from .plan import RewritePlan
 from .recall import Archive, recall_text
-from .state import (ConversationState, Item, TurnOutcome, conversation_keys, has_markers, origin_of,
+from .state import (ConversationState, Item, TurnOutcome, conversation_keys, has_markers, origin_of, plan_key,
                     without_markers)
 from .text import MARKER_PREFIX
 
@@ -207,6 +207,8 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
     if state is not None and not (0 < state.covered <= n and (state.covered == n
                                                               or run.role(state.covered) == "assistant")):
         state = None
+    if state is not None and state.plan != plan_key(plan):
+        state = None
     state = state or ConversationState()
     run.state_tokens = state.original_tokens
     counts = list(state.original_tokens) + [run.parsed(i).tokens for i in range(state.covered, n)]
@@ -299,7 +301,7 @@ def _step(run: _Run, state: ConversationState, end: int, counts: list[int]) -> C
             # this step's request goes out as the client sent it; the next appends to that
             grown = ConversationState(covered=end, items=tuple(range(end)), item_tokens=tuple(counts[:end]),
                                       original_tokens=tuple(counts[:end]))
-    grown = replace(grown, failure=failure or "", outcome=())
+    grown = replace(grown, failure=failure or "", outcome=(), plan=plan_key(plan))
     sent = _total(run, grown)
     original = run.fixed_tokens + sum(counts[:end])
     appended = pricing.appended_token

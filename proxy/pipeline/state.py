@@ -9,6 +9,7 @@ those originals; it is stored per tenant in the cache backend as compact JSON.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,7 @@ class ConversationState:
     ledger: tuple = (0.0, 0.0)          # estimated input cost so far: (passthrough, sent)
     failure: str = ""                   # why the latest step went out as the client sent it
     outcome: tuple = ()                 # (decision, reason, passthrough cost, sent cost) of the latest step
+    plan: str = ""                      # plan_key of the plan it was made under (counts, budget, pricing)
 
     def to_bytes(self) -> bytes:
         data = {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -107,6 +109,13 @@ class ConversationState:
         for name in ("items", "item_tokens", "original_tokens", "ledger", "outcome"):
             data[name] = tuple(data[name])
         return cls(**data)
+
+
+def plan_key(plan: object) -> str:
+    """A digest of a rewrite plan: a state made under another plan (a reload
+    changed the budget, the pricing or the encoding its counts are in) is not
+    continued but replayed."""
+    return hashlib.sha256(repr(plan).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

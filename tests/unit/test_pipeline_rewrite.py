@@ -180,6 +180,17 @@ def test_a_state_that_does_not_fit_the_request_is_ignored():
     assert dumps(out.body) == dumps(rewrite_turn(short, "openai", plan).body)
 
 
+def test_a_state_made_under_another_plan_is_replayed_not_continued():
+    # a reload that changes the budget or the encoding must not reuse counts or cuts made under the old plan
+    requests = openai_session(30)
+    old = plan_for("openai", budget=6000)
+    state = list(replay(requests[:-1], "openai", old))[-1].outcome.state
+    for new in (plan_for("openai", budget=5000), RewritePlan(budget=6000, encoding="o200k_base", pricing=OPENAI_PRICING)):
+        out = rewrite_turn(requests[-1], "openai", new, state)
+        assert dumps(out.body) == dumps(rewrite_turn(requests[-1], "openai", new).body)
+        assert out.state is not None and out.state.plan != state.plan
+
+
 def test_conversation_keys():
     body = openai_session(5)[-1]
     keys = conversation_keys(body, "openai")
