@@ -73,7 +73,7 @@ def requested_output(body: dict) -> int | None:
     return output if isinstance(output, int) and not isinstance(output, bool) and output >= 0 else None
 
 
-def budget_for(tokens: TokenManagement, body: dict, dialect: str = "openai") -> int:
+def budget_for(tokens: TokenManagement, body: dict, dialect: str) -> int:
     """The config's budget, capped by the model's context window less the
     output the request asks for, where the window is known (the config's
     <models>, else the built-in table in proxy/models.py).
@@ -91,7 +91,7 @@ def budget_for(tokens: TokenManagement, body: dict, dialect: str = "openai") -> 
     return max(1, min(tokens.budget, room))
 
 
-def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing, dialect: str = "openai") -> RewritePlan:
+def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing, dialect: str) -> RewritePlan:
     """The plan for one request: the config's, with the budget of `budget_for`,
     priced as the upstream bills."""
     model = body["model"]

@@ -288,7 +288,7 @@ def test_low_water_is_configurable_and_bounded():
     from ctxwarden.chat import rewrite_plan
 
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    assert rewrite_plan(TokenManagement(low_water=0.5), body, OPENAI_PRICING).low_water == 0.5
+    assert rewrite_plan(TokenManagement(low_water=0.5), body, OPENAI_PRICING, "openai").low_water == 0.5
 
 
 def test_low_water_per_model_overrides_the_global_one():
@@ -303,7 +303,7 @@ def test_low_water_per_model_overrides_the_global_one():
     assert parse(xml.format('<model pattern="gpt-*" context_window="128000"/>')
                  ).token_management.low_water_for("gpt-4o") == 0.3
     body = {"model": "claude-opus-4", "messages": [{"role": "user", "content": "hi"}]}
-    assert rewrite_plan(tm, body, OPENAI_PRICING).low_water == 0.5
+    assert rewrite_plan(tm, body, OPENAI_PRICING, "anthropic").low_water == 0.5
     with pytest.raises(ConfigError):
         parse(xml.format('<model pattern="x" low_water="1.2"/>'))
 

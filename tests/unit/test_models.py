@@ -145,8 +145,8 @@ def test_budget_is_capped_by_the_window_less_the_output_and_margin(body, dialect
 
 
 def test_plan_counts_with_the_tables_encoding():
-    assert rewrite_plan(TokenManagement(), _body("gpt-4o"), OPENAI_PRICING).encoding == "o200k_base"
-    assert rewrite_plan(TokenManagement(), _body("gpt-4"), OPENAI_PRICING).encoding == "cl100k_base"
+    assert rewrite_plan(TokenManagement(), _body("gpt-4o"), OPENAI_PRICING, "openai").encoding == "o200k_base"
+    assert rewrite_plan(TokenManagement(), _body("gpt-4"), OPENAI_PRICING, "openai").encoding == "cl100k_base"
     assert rewrite_plan(TokenManagement(), _body("claude-3-opus"), ANTHROPIC_PRICING,
                         "anthropic").encoding == "cl100k_base"
 
