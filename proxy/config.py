@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -145,6 +146,9 @@ class ServerSettings:
     # Worker processes, or "auto": as many as the CPUs this process may use,
     # at most 8 (proxy/workers.py). Each has its own memory cache and coalescing.
     workers: int | Literal["auto"] = "auto"
+    # Read HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and ~/.netrc for the proxy's
+    # credentials) and SSL_CERT_FILE / SSL_CERT_DIR, as other HTTP tools do.
+    trust_env: bool = True
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,9 @@ class Upstream:
     model_patterns: tuple[str, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     check_ready: bool = False
+    # PEM file of the CAs this upstream's TLS certificate is verified against
+    # (a private gateway's); unset: the process's CAs (certifi, or SSL_CERT_FILE).
+    ca_bundle: str | None = None
     # Left unset, the dialect's own provider's pricing (set in __post_init__),
     # so an upstream built in code is priced like one read from XML.
     pricing: Pricing = None  # type: ignore[assignment]
@@ -517,7 +524,19 @@ def _build_server(node) -> ServerSettings:
         reload_interval=float(node.get("reload_interval", d.reload_interval)),
         grace_period=float(node.get("grace_period", d.grace_period)),
         workers=_workers(node.get("workers", d.workers)),
+        trust_env=_bool(node.get("trust_env"), d.trust_env),
     )
+
+
+def _ca_bundle(upstream, source: str, issues: list[ConfigIssue]) -> str | None:
+    path = upstream.get("ca_bundle")
+    if path is None:
+        return None
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        issues.append(ConfigIssue(source, upstream.sourceline, f"ca_bundle {path!r} cannot be used: {exc}"))
+    return path
 
 
 def _workers(value: str) -> int | Literal["auto"]:
@@ -545,6 +564,7 @@ def _build_upstreams(node, source: str, issues: list[ConfigIssue]) -> tuple[Upst
                 pool=float(u.get("pool_timeout", d.pool)),
             ),
             check_ready=_bool(u.get("check_ready"), False),
+            ca_bundle=_ca_bundle(u, source, issues),
             pricing=pricing,
             model_pricing=model_pricing,
             line=u.sourceline,

@@ -14,11 +14,18 @@ What it keeps of httpx's transport contract: the request's ``timeout``
 extension (connect, read, pool; aiohttp has no write timeout), the ``trace``
 extension's ``connection.connect_tcp.complete`` event when a new connection
 is opened (the client's one retry depends on it), httpx's exception types,
-and the raw body, never decompressed.
+and the raw body, never decompressed.  Its own extension ``ca_bundle`` names
+the PEM file an upstream's certificate is verified against.
+
+Egress like other HTTP tools when ``trust_env``: HTTPS_PROXY / HTTP_PROXY /
+NO_PROXY (aiohttp's reading of them, ~/.netrc for a proxy's credentials),
+and SSL_CERT_FILE / SSL_CERT_DIR in place of certifi's CAs.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import ssl
 from collections.abc import AsyncIterator
 
@@ -32,8 +39,9 @@ _NO_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    def __init__(self, limits: httpx.Limits) -> None:
+    def __init__(self, limits: httpx.Limits, trust_env: bool = True) -> None:
         self._limits = limits
+        self._trust_env = trust_env
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -43,15 +51,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         connector = aiohttp.TCPConnector(
             limit=self._limits.max_connections or 0, limit_per_host=0,
             keepalive_timeout=self._limits.keepalive_expiry or 5.0,
-            ssl=ssl.create_default_context(cafile=certifi.where()))
+            ssl=_default_context(self._trust_env))
         return aiohttp.ClientSession(connector=connector, trace_configs=[trace], auto_decompress=False,
-                                     skip_auto_headers=_NO_AUTO_HEADERS, cookie_jar=aiohttp.DummyCookieJar())
+                                     skip_auto_headers=_NO_AUTO_HEADERS, cookie_jar=aiohttp.DummyCookieJar(),
+                                     trust_env=self._trust_env)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._session is None:
             self._session = self._open()
         timeout = request.extensions.get("timeout", {})
         connect, pool = timeout.get("connect"), timeout.get("pool")
+        ca_bundle = request.extensions.get("ca_bundle")
         try:
             response = await self._session.request(
                 request.method, str(request.url), headers=_headers(request.headers.raw),
@@ -59,7 +69,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=connect, sock_read=timeout.get("read"),
                     connect=None if connect is None or pool is None else connect + pool),
-                trace_request_ctx=request.extensions.get("trace"))
+                trace_request_ctx=request.extensions.get("trace"),
+                **({"ssl": _bundle_context(ca_bundle)} if ca_bundle else {}))
         except Exception as exc:
             raise _as_httpx(exc) from exc
         return httpx.Response(
@@ -69,6 +80,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _default_context(trust_env: bool) -> ssl.SSLContext:
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if trust_env and (cafile or capath):
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+@functools.lru_cache(maxsize=64)
+def _bundle_context(path: str) -> ssl.SSLContext:
+    # one context per file: building one reads and parses the whole bundle
+    return ssl.create_default_context(cafile=path)
 
 
 async def _report_new_connection(session: aiohttp.ClientSession, context, params) -> None:

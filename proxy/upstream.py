@@ -77,7 +77,8 @@ class UpstreamClient:
         # aiohttp's pool by default (transport.py); tests may hand in httpx's own (respx mocks it)
         self._transport = transport or AiohttpTransport(
             httpx.Limits(max_connections=server.max_connections,
-                         max_keepalive_connections=server.max_keepalive_connections))
+                         max_keepalive_connections=server.max_keepalive_connections),
+            trust_env=server.trust_env)
 
     async def unreachable(self, upstreams: list[Upstream]) -> dict[str, str]:
         """Upstreams that refuse a TCP connection now, with the reason."""
@@ -107,7 +108,8 @@ class UpstreamClient:
         request = _build_request(target, method, path, query, headers, content)
         for attempt in (1, 2):
             trace = _ConnectionTrace()
-            request.extensions = {"timeout": target.timeout(), "trace": trace}
+            request.extensions = {"timeout": target.timeout(), "trace": trace,
+                                  "ca_bundle": target.upstream.ca_bundle}
             try:
                 response = await self._transport.handle_async_request(request)
             except httpx.TimeoutException as exc:

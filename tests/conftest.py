@@ -20,11 +20,17 @@ test sees only its own traffic.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
 import httpx
 import pytest
+
+# The proxy honours HTTP(S)_PROXY like other HTTP tools (server/@trust_env);
+# a CI machine's proxy must not stand between the tests and their loopback servers.
+for _name in ("NO_PROXY", "no_proxy"):
+    os.environ[_name] = ",".join(filter(None, (os.environ.get(_name), "127.0.0.1", "localhost", "::1")))
 
 # The real redis-server fixtures (redis_server, redis_url, own_redis).
 pytest_plugins = ["tests.redis_server"]
