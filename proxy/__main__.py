@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -196,6 +197,7 @@ def _workers_arg(value: str) -> int | Literal["auto"]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxwarden", description="Token-saving reverse proxy for LLM APIs")
+    parser.add_argument("--version", action="version", version=f"ctxwarden {metadata.version('ctxwarden')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the proxy")

@@ -17,6 +17,14 @@ def _write(tmp_path, name: str, text: str):
     return path
 
 
+def test_version_is_the_installed_distributions():
+    from importlib import metadata
+
+    result = run_cli(["--version"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"ctxwarden {metadata.version('ctxwarden')}"
+
+
 def test_validate_seed_config(tmp_path):
     path = _write(tmp_path, "seed.xml", SEED_ONLY)
     result = run_cli(["validate", str(path)])
