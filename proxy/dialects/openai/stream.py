@@ -141,12 +141,7 @@ def assemble_stream(events: Iterable[SSEEvent]) -> dict[str, Any] | None:
                     state["extra"][key] = value
     if not done or not choices or any(s["finish_reason"] is None for s in choices.values()):
         return None
-    answer: dict[str, Any] = {}
-    for key in ("id", "object", "created", "model"):
-        if key == "object":
-            answer["object"] = "chat.completion"
-        elif key in top:
-            answer[key] = top[key]
+    answer = _head(top, "chat.completion")
     answer["choices"] = [
         {
             "index": index,
@@ -163,6 +158,17 @@ def assemble_stream(events: Iterable[SSEEvent]) -> dict[str, Any] | None:
         if key not in answer:
             answer[key] = value
     return answer
+
+
+def _head(source: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The fields an answer and its chunks open with, in the API's order, as ``kind``."""
+    head: dict[str, Any] = {}
+    for key in ("id", "object", "created", "model"):
+        if key == "object":
+            head["object"] = kind
+        elif key in source:
+            head[key] = source[key]
+    return head
 
 
 class _Missing:
@@ -182,12 +188,7 @@ def replay_stream(answer: dict[str, Any], include_usage: bool = False) -> list[b
     choices = answer.get("choices")
     if not isinstance(choices, list):
         raise ValueError("answer has no choices")
-    base: dict[str, Any] = {}
-    for key in ("id", "object", "created", "model"):
-        if key == "object":
-            base["object"] = "chat.completion.chunk"
-        elif key in answer:
-            base[key] = answer[key]
+    base = _head(answer, "chat.completion.chunk")
     for key, value in answer.items():
         if key not in base and key not in ("choices", "usage", "object"):
             base[key] = value
