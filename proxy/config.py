@@ -63,7 +63,7 @@ class TokenManagement:
     budget: int = 200_000
     compression_threshold: float = 0.7
     pruning_distance: int = 3
-    tier_shares: tuple[int, int, int, int] = (20, 40, 30, 10)
+    tier_shares: tuple[int, int, int, int] = (20, 20, 50, 10)
     critical_overflow: str = "fit"
     # the most a compaction leaves of the room above the pinned head
     low_water: float = 0.35
