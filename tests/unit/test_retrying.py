@@ -5,12 +5,14 @@ sleeps), the routes' fallback lists and the config that sets them."""
 from __future__ import annotations
 
 import email.utils
+import logging
 
 import httpx
 import pytest
 
 from ctxwarden.config import ConfigError, Fallback, RetrySettings, Upstream, parse_config
 from ctxwarden.errors import BadPath, UpstreamTimeout, UpstreamUnavailable
+from ctxwarden.observability import Telemetry
 from ctxwarden.observability.record import RequestRecord
 from ctxwarden.retrying import (
     DISCARD_LIMIT, JITTER, Pacing, asked_delay, attempts_header, backoff_delay, call_with_retries, error_reason,
@@ -327,3 +329,23 @@ def test_bad_retry_and_fallback_settings_are_refused_with_their_line(children, r
             <upstream name="b" dialect="openai" base_url="http://b.test"><model>b-*</model></upstream>
             <upstream name="c" dialect="anthropic" base_url="http://c.test"/>""")
     assert any(reason in issue.reason and issue.line == 2 for issue in caught.value.issues), caught.value
+
+
+# --------------------------------------------------------------------------- what is reported
+
+
+def test_retries_and_fallbacks_reach_the_metrics_and_the_request_log(caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="ctxwarden.request")
+    telemetry = Telemetry()
+    record = _record()
+    telemetry.start(record)
+    record.status, record.upstream, record.attempts = 200, "b", 4
+    record.retries = [("a", "503"), ("a", "503"), ("b", "connect")]
+    record.fallbacks = [("a", "b")]
+    telemetry.finish(record)
+    metrics = telemetry.metrics.render().decode().splitlines()
+    assert 'ctxwarden_upstream_retries_total{reason="503",upstream="a"} 2.0' in metrics
+    assert 'ctxwarden_upstream_retries_total{reason="connect",upstream="b"} 1.0' in metrics
+    assert 'ctxwarden_upstream_fallbacks_total{from="a",to="b"} 1.0' in metrics
+    [line] = [r.fields for r in caplog.records if r.name == "ctxwarden.request"]
+    assert (line["upstream"], line["attempts"]) == ("b", 4)
