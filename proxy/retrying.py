@@ -75,7 +75,7 @@ def asked_delay(headers: httpx.Headers, now: float) -> float | None:
         return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:   # "-0000": a date in UTC, its zone not said
         when = when.replace(tzinfo=datetime.timezone.utc)
@@ -89,7 +89,14 @@ def _number(value: str | None) -> float | None:
         number = float(value)
     except ValueError:
         return None
-    return number if math.isfinite(number) else None
+    # an overflowing number ("1e999") asks for longer than any cap: kept, as infinity
+    return None if math.isnan(number) else number
+
+
+def upstream_allows(headers: httpx.Headers) -> bool:
+    """False when the upstream says this request is not worth repeating
+    (`x-should-retry: false`, which both providers send and both SDKs obey)."""
+    return headers.get("x-should-retry", "").strip().lower() != "false"
 
 
 def backoff_delay(retry: RetrySettings, number: int, draw: float) -> float:
@@ -108,6 +115,18 @@ def next_delay(retry: RetrySettings, number: int, asked: float | None, draw: flo
     if asked is not None:
         return asked if asked <= retry.max_backoff else None
     return backoff_delay(retry, number, draw)
+
+
+def wait_before_retry(retry: RetrySettings, number: int, headers: httpx.Headers | None, now: float,
+                      draw: float) -> float | None:
+    """The wait before retry `number` (from 1) of a call that failed with an
+    answer carrying `headers` (None: no answer, the connection failed), or
+    None when it is not to be repeated."""
+    if headers is None:
+        return next_delay(retry, number, None, draw)
+    if not upstream_allows(headers):
+        return None
+    return next_delay(retry, number, asked_delay(headers, now), draw)
 
 
 def error_reason(exc: UpstreamError) -> str:
@@ -141,23 +160,23 @@ async def call_with_retries(targets: Sequence[Target], call: Callable[[Target], 
             if not retry.covers(reason):
                 return _settled(outcome)
             number += 1
-            asked = None if isinstance(outcome, UpstreamError) else asked_delay(outcome.headers, pacing.now())
-            delay = next_delay(retry, number, asked, pacing.random())
-            following = targets[index + 1] if index + 1 < len(targets) else None
-            if delay is None and following is None:
+            headers = None if isinstance(outcome, UpstreamError) else outcome.headers
+            delay = wait_before_retry(retry, number, headers, pacing.now(), pacing.random())
+            if delay is not None:
+                await _drop(outcome)
+                log.info("upstream %s failed (%s) on %s %s; retry %d of %d in %.3g s", target.name, reason,
+                         record.method, record.path, number, retry.attempts, delay)
+                record.retries.append((target.name, reason))
+                await pacing.sleep(delay)
+                continue
+            if index + 1 == len(targets):
                 return _settled(outcome)
-            if isinstance(outcome, httpx.Response):
-                await discard(outcome)
-            if delay is None:
-                assert following is not None
-                log.info("upstream %s failed (%s) on %s %s; falling back to %s", target.name, reason,
-                         record.method, record.path, following.name)
-                record.fallbacks.append((target.name, following.name))
-                break
-            log.info("upstream %s failed (%s) on %s %s; retry %d of %d in %.3g s", target.name, reason,
-                     record.method, record.path, number, retry.attempts, delay)
-            record.retries.append((target.name, reason))
-            await pacing.sleep(delay)
+            await _drop(outcome)
+            following = targets[index + 1].name
+            log.info("upstream %s failed (%s) on %s %s; falling back to %s", target.name, reason,
+                     record.method, record.path, following)
+            record.fallbacks.append((target.name, following))
+            break
     raise AssertionError("no upstream to call")  # pragma: no cover - targets is never empty
 
 
@@ -166,6 +185,11 @@ async def _attempt(call: Callable[[Target], Awaitable[httpx.Response]], target: 
         return await call(target)
     except UpstreamError as exc:
         return exc
+
+
+async def _drop(outcome: Outcome) -> None:
+    if isinstance(outcome, httpx.Response):
+        await discard(outcome)
 
 
 def _settled(outcome: Outcome) -> httpx.Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from ctxwarden.observability import Telemetry
 from ctxwarden.observability.record import RequestRecord
 from ctxwarden.retrying import (
     DISCARD_LIMIT, JITTER, Pacing, asked_delay, attempts_header, backoff_delay, call_with_retries, error_reason,
-    next_delay,
+    next_delay, wait_before_retry,
 )
 from ctxwarden.routing import Routes, Target
 
@@ -45,9 +46,14 @@ def test_retry_after_as_an_http_date_is_relative_to_now():
     assert _asked(**{"retry-after": email.utils.formatdate(NOW + 2).rsplit(" ", 1)[0] + " -0000"}) == 2
 
 
-@pytest.mark.parametrize("value", ["soon", "", "inf", "nan", "Mon, 99 Foo 2026"])
+@pytest.mark.parametrize("value", ["soon", "", "nan", "Mon, 99 Foo 2026"])
 def test_unreadable_retry_after_is_none(value):
     assert _asked(**{"retry-after": value}) is None
+
+
+def test_an_overflowing_retry_after_is_longer_than_any_cap():
+    assert _asked(**{"retry-after": "1e999"}) == math.inf
+    assert next_delay(RETRY, 1, math.inf, 0.0) is None
 
 
 def test_negative_retry_after_is_now_and_none_without_headers():
@@ -78,6 +84,14 @@ def test_next_delay_honours_the_asked_wait_up_to_the_cap_and_the_attempts():
     assert next_delay(RETRY, 1, 8.5, 0.0) is None, "asking for more than max_backoff: no retry"
     assert next_delay(RETRY, 3, None, 0.0) is None, "attempts used up"
     assert next_delay(RetrySettings(), 1, None, 0.0) is None, "off by default"
+
+
+def test_wait_before_retry_reads_the_failed_answers_headers():
+    assert wait_before_retry(RETRY, 2, None, NOW, 0.0) == 1.0, "a failed connection: backoff"
+    assert wait_before_retry(RETRY, 1, httpx.Headers({"retry-after": "3"}), NOW, 0.5) == 3.0
+    assert wait_before_retry(RETRY, 1, httpx.Headers({"retry-after": "30"}), NOW, 0.0) is None
+    assert wait_before_retry(RETRY, 1, httpx.Headers({"x-should-retry": "False"}), NOW, 0.0) is None
+    assert wait_before_retry(RETRY, 1, httpx.Headers({"x-should-retry": "true"}), NOW, 0.0) == 0.5
 
 
 # --------------------------------------------------------------------------- what is retried
@@ -223,6 +237,15 @@ async def test_a_wait_longer_than_the_cap_ends_the_retries_a_fallback_still_serv
     script = Script(too_long, 200)
     assert (await _run([_target("a"), _target("b")], script, clock)).status_code == 200
     assert script.called == ["a", "b"] and clock.slept == []
+
+
+async def test_x_should_retry_false_ends_the_retries_a_fallback_still_serves():
+    refused = (503, {"x-should-retry": "false"})
+    script, clock = Script(refused, 200), Clock()
+    assert (await _run([_target("a"), _target("b")], script, clock)).status_code == 200
+    assert script.called == ["a", "b"] and clock.slept == []
+    script = Script((503, {"x-should-retry": "true"}), 200)
+    assert (await _run([_target("a")], script, clock)).status_code == 200 and script.called == ["a", "a"]
 
 
 async def test_a_failure_outside_on_goes_to_no_fallback():
