@@ -102,6 +102,8 @@ class Routes:
         """The targets tried in turn when `target` fails: its <fallback> list,
         those whose model glob (if any) matches `model`, each once. Each comes
         with its own key, so no upstream ever gets another's injected key."""
+        if not target.upstream.fallbacks:
+            return ()
         by_name = {t.name: t for t in self.targets}
         names = dict.fromkeys(f.upstream for f in target.upstream.fallbacks if f.serves(model))
         return tuple(by_name[name] for name in names)

@@ -186,7 +186,8 @@ async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes
     """The client's response to an upstream answer.
 
     `stream_error_dialect`: for chat routes, the dialect whose error event ends
-    an SSE stream the upstream broke off. `record` learns of a broken stream.
+    an SSE stream the upstream broke off. `record` learns of a broken stream,
+    and says how many calls the answer took (retrying.attempts_header).
     """
     upstream_headers = response_headers(response.headers.raw)
     if record is not None:
