@@ -52,7 +52,7 @@ async def chat(context: Context, request: Incoming, raw: bytes, dialect: Dialect
 
     async def upstream() -> httpx.Response:
         return await send(context.client, record, target, request, rewritten.content, slot,
-                          context.config.server.slot_timeout)
+                          context.config.server.slot_timeout, context.routes.fallbacks(target, body["model"]))
 
     if policy.key is None:
         record.cache = "bypass"

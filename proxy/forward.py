@@ -15,5 +15,5 @@ async def forward(context: Context, request: Incoming, body: bytes, record: Requ
                   slot: Slot | None) -> Response:
     target = context.routes.route(record.dialect, None)
     response = await send(context.client, record, target, request, body or None, slot,
-                          context.config.server.slot_timeout)
+                          context.config.server.slot_timeout, context.routes.fallbacks(target, None))
     return await relay(response, [], None, record)

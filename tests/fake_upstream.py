@@ -14,6 +14,11 @@ request headers the proxy forwards untouched:
                                  without the terminating chunk
     x-fake-gzip: 1               gzip the answer even when the request does not
                                  accept it (Content-Encoding: gzip)
+    x-fake-script: 503,429       answer the first, second, ... request carrying the
+    x-fake-script-id: ID         same ID (any path, any fake: a fallback fake goes
+                                 on counting) with these statuses, later ones as usual
+    x-fake-retry-after: VALUE    the Retry-After / retry-after-ms a scripted status
+    x-fake-retry-after-ms: MS    carries (none unless given)
 
 JSON answers are gzipped whenever the request's Accept-Encoding accepts gzip,
 as the real APIs do (httpx and the SDKs send it and decode transparently);
@@ -57,6 +62,28 @@ from starlette.types import Receive, Scope, Send
 from tests.strict_wire import chat_problems, describe
 
 CREATED = 1_700_000_000  # fixed so that answers are byte-for-byte reproducible
+
+
+class Scripts:
+    """How many requests of each x-fake-script-id were seen, over every fake
+    in the process (a proxy falling back to another fake continues the script)."""
+
+    _lock = threading.Lock()
+    _seen: dict[str, int] = {}
+
+    @classmethod
+    def step(cls, script: str, script_id: str) -> int | None:
+        """The status this request is scripted to get, or None past the script's end."""
+        with cls._lock:
+            index = cls._seen.get(script_id, 0)
+            cls._seen[script_id] = index + 1
+        steps = [int(s) for s in script.split(",") if s.strip()]
+        return steps[index] if index < len(steps) else None
+
+    @classmethod
+    def seen(cls, script_id: str) -> int:
+        with cls._lock:
+            return cls._seen.get(script_id, 0)
 
 
 class FakeReset(Exception):
@@ -543,10 +570,16 @@ class FakeUpstream:
         if delay:
             await asyncio.sleep(delay)
         status = _int_header(request, "x-fake-status")
+        headers = self._headers(body)
+        script = request.headers.get("x-fake-script")
+        if script:
+            status = Scripts.step(script, request.headers.get("x-fake-script-id", ""))
+            for name in ("retry-after", "retry-after-ms"):
+                if f"x-fake-{name}" in request.headers:
+                    headers[name] = request.headers[f"x-fake-{name}"]
+        elif status == 429:
+            headers["retry-after"] = "1"
         if status:
-            headers = self._headers(body)
-            if status == 429:
-                headers["retry-after"] = "1"
             return Response(
                 error_body(_dialect(request), status),
                 status_code=status,

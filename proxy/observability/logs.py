@@ -74,7 +74,8 @@ def log_request(record: RequestRecord) -> None:
         return
     fields = {
         "route": record.route, "method": record.method, "path": record.path, "status": record.status,
-        "dialect": record.dialect or None, "upstream": record.upstream or None, "cache": record.cache,
+        "dialect": record.dialect or None, "upstream": record.upstream or None,
+        "attempts": record.attempts or None, "cache": record.cache,
         "rewrite": record.rewrite or None, "rewrite_reason": record.rewrite_reason or None,
         "cost_sent": record.cost_sent, "cost_passthrough": record.cost_passthrough,
         "tokens_before": record.tokens_before,

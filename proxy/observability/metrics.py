@@ -79,6 +79,11 @@ class Metrics:
             ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.upstream_errors = Counter("ctxwarden_upstream_errors", "Upstream failures by kind",
                                        ["upstream", "kind"], registry=r)
+        # reason: a status code, "connect" or "timeout" (retrying.py); upstream names come from the config
+        self.upstream_retries = Counter("ctxwarden_upstream_retries", "Upstream calls repeated after a failure, "
+                                        "by upstream and reason", ["upstream", "reason"], registry=r)
+        self.upstream_fallbacks = Counter("ctxwarden_upstream_fallbacks", "Requests handed from a failed upstream "
+                                          "to its next fallback", ["from", "to"], registry=r)
         self.in_flight = Gauge("ctxwarden_requests_in_flight", "Requests being answered",
                                registry=r, multiprocess_mode="livesum")
         self.parallel_tasks = Gauge("ctxwarden_parallel_tasks_in_flight", "Parallel tasks running",
@@ -119,6 +124,10 @@ class Metrics:
             self.proxy_overhead_seconds.labels(record.route).observe(record.overhead_seconds)
         if record.error_kind:
             self.upstream_errors.labels(record.upstream or "none", record.error_kind).inc()
+        for upstream, reason in record.retries:
+            self.upstream_retries.labels(upstream, reason).inc()
+        for failed, next_one in record.fallbacks:
+            self.upstream_fallbacks.labels(failed, next_one).inc()
         if record.tokens_before is not None and record.tokens_after is not None:
             self.tokens_before.labels(record.dialect).inc(record.tokens_before)
             self.tokens_after.labels(record.dialect).inc(record.tokens_after)
