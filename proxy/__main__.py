@@ -49,9 +49,10 @@ def _serve(args: argparse.Namespace) -> int:
     workers = args.workers or config.server.workers
     fix_mmap_threshold()
     configure_logging(config.logging, args.log_level)
+    counted = workers == "auto"
     if workers == "auto":
         workers = auto_workers()
-        log.info("serving with %d worker process(es): workers=auto, from the CPUs this process may use", workers)
+    _log_start(config, host, port, workers, counted)
     # uvicorn re-raises the stop signal once its graceful shutdown is done,
     # which would end the process as killed by SIGTERM; with a no-op handler
     # of ours in place, a clean shutdown exits 0.
@@ -82,6 +83,27 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_start(config: Config, host: str, port: int, workers: int, counted: bool) -> None:
+    """What an operator checks first: which file, where it listens, the
+    upstreams (never a key: at most the variable that holds one)."""
+    from .admin import unset_token_warning
+    from .cache.redis import redact_url
+
+    shown_host = f"[{host}]" if ":" in host else host
+    start = {"config": config.source, "listen": f"{shown_host}:{port}", "workers": workers,
+             "dashboard": f"http://{shown_host}:{port}/_ctxwarden/dashboard"}
+    if counted:
+        start["workers_from"] = "auto: the CPUs this process may use"
+    log.info("starting", extra={"fields": start})
+    for upstream in config.upstreams:
+        log.info("upstream", extra={"fields": {
+            "name": upstream.name, "dialect": upstream.dialect, "base_url": redact_url(upstream.base_url),
+            "api_key_env": upstream.api_key_env}})
+    warning = unset_token_warning(config)
+    if warning:
+        log.warning("%s", warning)
+
+
 def _validate(args: argparse.Namespace) -> int:
     from .clientkeys import startup_issues
 
@@ -96,6 +118,11 @@ def _validate(args: argparse.Namespace) -> int:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
         return 1
+    from .admin import unset_token_warning
+
+    warning = unset_token_warning(config)
+    if warning:
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK")
     return 0
 
@@ -226,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxwarden", description="Token-saving reverse proxy for LLM APIs")
     parser.add_argument("--version", action="version", version=f"ctxwarden {metadata.version('ctxwarden')}",
                         help="print the installed version and exit")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="what to do; COMMAND --help tells more")
 
     serve = commands.add_parser("serve", help="run the proxy", description="Run the proxy until SIGTERM or Ctrl-C.")
     serve.add_argument("--config", metavar="FILE", help=CONFIG_HELP + "; watched and reloaded when it changes")
