@@ -279,3 +279,25 @@ def test_validate_warns_of_an_unset_admin_token_and_passes(tmp_path):
     assert result.stdout.strip() == f"{path}: OK"
     assert result.stderr.startswith(f"{path}: warning: <admin token_env> names CTXW_TEST_UNSET_ADMIN_TOKEN")
     assert run_cli(["validate", str(path)], env={"CTXW_TEST_UNSET_ADMIN_TOKEN": "t"}).stderr == ""
+
+
+# --------------------------------------------------------------------------- the README's config
+
+def _readme_config_block() -> str:
+    from tests.servers import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Configuration\n", 1)[1]
+    return section.split("```xml\n", 1)[1].split("```", 1)[0]
+
+
+def test_readmes_example_config_is_every_default_and_validates(tmp_path):
+    import dataclasses
+
+    from ctxwarden.config import Config, load_config
+
+    path = _write(tmp_path, "readme.xml", _readme_config_block())
+    result = run_cli(["validate", str(path)])
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    example = dataclasses.replace(load_config(path), source="")
+    assert example == dataclasses.replace(load_config(None), source="") == Config(source="")
