@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench._corpus import read_corpus  # noqa: E402
 from ctxwarden.chat import parse_chat_body, prepare_chat  # noqa: E402
 from ctxwarden.config import TokenManagement  # noqa: E402
 from ctxwarden.dialects import openai, request_tokens  # noqa: E402
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     print("command: " + shlex.join(["bench/big_request.py", *(argv if argv is not None else sys.argv[1:])]))
-    convs = [json.loads(line) for line in open(args.corpus, encoding="utf-8")]
+    convs = read_corpus([args.corpus])
     if not args.no_stages:
         messages = conversation(convs, min_tokens=args.tokens)
         raw = body_bytes(messages)

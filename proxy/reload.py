@@ -1,11 +1,13 @@
 """Hot reload: re-read the config file on SIGHUP and when it changes on disk.
 
-A valid file takes effect for new requests; a bad one is refused with file,
-line and reason in the log and on /_ctxwarden/health, and the last good
-config stays in force."""
+A valid file takes effect for new requests, except the settings read only at
+start (:data:`START_ONLY`), which keep their running values until a restart;
+a bad one is refused with file, line and reason in the log and on
+/_ctxwarden/health, and the last good config stays in force."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -18,6 +20,30 @@ from .config import Config, ConfigError, load_config
 from .observability.metrics import Metrics
 
 log = logging.getLogger("ctxwarden.reload")
+
+
+# Settings the process reads once, when it starts: the listen socket and the
+# worker processes (uvicorn's), the reload poll and the shutdown grace, the
+# upstream connection pool, and the cache backend with its bounds.  The rest
+# of a reloaded file applies to the next request.
+START_ONLY: dict[str, tuple[str, ...]] = {
+    "server": ("host", "port", "workers", "grace_period", "reload_interval", "max_connections",
+               "max_keepalive_connections", "trust_env"),
+    "cache": ("backend", "ttl", "max_entries", "max_bytes", "redis_url", "redis_url_env", "key_prefix",
+              "redis_timeout", "coalesce_wait"),
+}
+
+
+def in_effect(started: Config, loaded: Config) -> tuple[Config, tuple[str, ...]]:
+    """``loaded`` as a reload applies it (its start-only settings keep the
+    values the process started with), and the start-only settings it changes
+    (``"server.port"``, ...): they take effect on restart."""
+    sections, pending = {}, []
+    for section, names in START_ONLY.items():
+        running, wanted = getattr(started, section), getattr(loaded, section)
+        pending += [f"{section}.{name}" for name in names if getattr(running, name) != getattr(wanted, name)]
+        sections[section] = dataclasses.replace(wanted, **{name: getattr(running, name) for name in names})
+    return dataclasses.replace(loaded, **sections), tuple(pending)
 
 
 def _fingerprint(path: str) -> tuple[int, int, int] | None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import BadRequest
 from ..tokens import count_json
 from . import anthropic, openai
 from .base import Dialect, Message
 
-__all__ = ["DIALECTS", "Dialect", "Message", "chat_dialect", "dialect_for", "get_dialect", "request_tokens"]
+__all__ = ["DIALECTS", "Dialect", "Message", "chat_dialect", "dialect_for", "dialect_of_body", "get_dialect",
+           "request_tokens"]
 
 #: by name, the config's upstream/@dialect; the first is the default
 DIALECTS: dict[str, Dialect] = {openai.name: openai, anthropic.name: anthropic}
@@ -42,6 +44,23 @@ def dialect_for(path: str, headers: Mapping[str, str]) -> Dialect:
         if dialect.owns_path(path):
             return dialect
     return next((d for d in DIALECTS.values() if d.recognises(headers)), DEFAULT)
+
+
+def dialect_of_body(body: Any) -> Dialect:
+    """The dialect a chat body is written in, told by its shape (what only one
+    provider's API takes), where no path or header says it.  A BadRequest says
+    what was seen when the shape fits more than one dialect, or none."""
+    if not isinstance(body, dict):
+        raise BadRequest("a chat request body must be a JSON object")
+    signs = {d.name: d.body_signs(body) for d in DIALECTS.values()}
+    found = [name for name, seen in signs.items() if seen]
+    if len(found) == 1:
+        return DIALECTS[found[0]]
+    if found:
+        both = "; ".join(f"{name}: {', '.join(signs[name])}" for name in found)
+        raise BadRequest(f"the body has features of more than one dialect ({both})")
+    raise BadRequest("nothing in the body tells its dialect: no field, role or content block that only one "
+                     "provider's API takes")
 
 
 def request_tokens(body: Any, dialect: Dialect, encoding: str) -> int:

@@ -98,6 +98,10 @@ class Dialect(Protocol):
     def recognises(self, headers: Mapping[str, str]) -> bool:
         """The headers are what this provider's SDK sends on any path."""
 
+    def body_signs(self, body: dict) -> list[str]:
+        """What in a chat body only this provider's API takes, in words (empty:
+        nothing); for telling a body's dialect when no path or header says it."""
+
     def parse_message(self, index: int, wire: Any, encoding: str, tokens: int | None = None) -> Message:
         """One wire message as the rewrite sees it (never raises); ``tokens``: its
         count where already known (else counted)."""

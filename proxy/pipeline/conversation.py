@@ -263,6 +263,15 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
                        stable, cost_sent=costs[1], cost_passthrough=costs[0])
 
 
+def message_counts(body: dict, dialect: str, plan: RewritePlan) -> tuple[list[int], int]:
+    """Each original message's tokens as its dialect bills it, and where the
+    latest turn starts: the last message the user wrote (0 when none)."""
+    run = _Run(body, dialect, plan)
+    n = len(run.messages)
+    latest = next((i for i in reversed(range(n)) if run.user_wrote(i)), 0)
+    return [run.parsed(i).tokens for i in range(n)], latest
+
+
 def _passthrough(body: dict, tokens: int, reason: str, state: ConversationState | None = None) -> TurnOutcome:
     warning = f"passed through unchanged: {reason}"
     return TurnOutcome(body, False, "passthrough", reason, tokens, tokens, state, warning=warning)

@@ -215,6 +215,29 @@ def recognises(headers: Mapping[str, str]) -> bool:
     return "anthropic-version" in headers
 
 
+# top-level fields of the Messages API that Chat Completions does not take
+_OWN_FIELDS = ("system", "anthropic_version", "stop_sequences", "top_k", "thinking")
+_OWN_BLOCKS = frozenset({"tool_use", "tool_result", "thinking", "redacted_thinking", "document"})
+
+
+def body_signs(body: dict) -> list[str]:
+    signs = [f"top-level {field}" for field in _OWN_FIELDS if field in body]
+    messages = body.get("messages")
+    blocks = [b for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list)
+              for b in m["content"] if isinstance(b, dict)] if isinstance(messages, list) else []
+    kinds = {b.get("type") for b in blocks}
+    signs += [f"a content block of type {kind}" for kind in sorted(kinds & _OWN_BLOCKS)]
+    if any(b.get("type") == "image" and "source" in b for b in blocks):
+        signs.append("an image block with a source")
+    # max_tokens alone is both APIs'; with text blocks, it is how Messages bodies look
+    if "max_tokens" in body and "text" in kinds:
+        signs.append("max_tokens with text content blocks")
+    tools = body.get("tools")
+    if isinstance(tools, list) and any(isinstance(t, dict) and "input_schema" in t for t in tools):
+        signs.append("tools with an input_schema")
+    return signs
+
+
 def note_message(text: str) -> dict:
     """A block list, so the stable prefix's breakpoint can sit on it."""
     return {"role": "user", "content": [{"type": "text", "text": text}]}

@@ -169,6 +169,31 @@ def recognises(headers: Mapping[str, str]) -> bool:
     return False
 
 
+# top-level fields of Chat Completions that the Messages API does not take
+_OWN_FIELDS = ("max_completion_tokens", "response_format", "stream_options", "frequency_penalty",
+               "presence_penalty", "logprobs", "logit_bias", "parallel_tool_calls", "prompt_cache_key",
+               "reasoning_effort", "n", "seed")
+_OWN_ROLES = frozenset({"system", "developer", "tool", "function"})
+_OWN_PARTS = frozenset({"image_url", "input_audio", "file"})
+
+
+def body_signs(body: dict) -> list[str]:
+    signs = [f"top-level {field}" for field in _OWN_FIELDS if field in body]
+    messages = body.get("messages")
+    messages = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+    roles = sorted({m.get("role") for m in messages} & _OWN_ROLES)
+    signs += [f"a message of role {role}" for role in roles]
+    if any("tool_calls" in m or "function_call" in m for m in messages):
+        signs.append("tool_calls in an assistant message")
+    parts = {p.get("type") for m in messages if isinstance(m.get("content"), list)
+             for p in m["content"] if isinstance(p, dict)}
+    signs += [f"a content part of type {kind}" for kind in sorted(parts & _OWN_PARTS)]
+    tools = body.get("tools")
+    if isinstance(tools, list) and any(isinstance(t, dict) and isinstance(t.get("function"), dict) for t in tools):
+        signs.append("tools declared as functions")
+    return signs
+
+
 def note_message(text: str) -> dict:
     return {"role": "user", "content": text}
 
