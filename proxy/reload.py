@@ -1,5 +1,11 @@
 """Hot reload: re-read the config file on SIGHUP and when it changes on disk.
 
+Changes are seen from the operating system's file events (watchfiles, on
+inotify), within a fraction of a second; a stat of the file every
+``reload_interval`` seconds also catches them where no events arrive
+(network filesystems, some container bind mounts), which watchfiles can
+only cover by polling chosen in advance.
+
 A valid file takes effect for new requests, except the settings read only at
 start (:data:`START_ONLY`), which keep their running values until a restart;
 a bad one is refused with file, line and reason in the log and on
@@ -15,11 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+from watchfiles import awatch
 
 from .config import Config, ConfigError, load_config
 from .observability.metrics import Metrics
 
 log = logging.getLogger("ctxwarden.reload")
+
+WATCH_DEBOUNCE_MS = 200   # changes this close together (a write, then a rename) are one
+WATCH_STEP_MS = 50
 
 
 # Settings the process reads once, when it starts: the listen socket and the
@@ -65,6 +75,7 @@ class ConfigReloader:
         self.last_error: str | None = None
         self._seen = _fingerprint(path)
         self._wake = anyio.Event()
+        self._stop = anyio.Event()
 
     def reload(self) -> bool:
         """Load and apply the file now; False (and the old config kept) if it is bad."""
@@ -95,13 +106,34 @@ class ConfigReloader:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
         except (NotImplementedError, RuntimeError, ValueError):
             log.info("SIGHUP reload unavailable here; watching %s for changes only", self.path)
-        while True:
-            with anyio.move_on_after(self.interval if self.interval > 0 else None):
-                await self._wake.wait()
-            woken = self._wake.is_set()
-            self._wake = anyio.Event()
-            if woken or _fingerprint(self.path) != self._seen:
-                self.reload()
+        async with anyio.create_task_group() as tasks:
+            if self.interval > 0:
+                tasks.start_soon(self._watch)
+            try:
+                while True:
+                    with anyio.move_on_after(self.interval if self.interval > 0 else None):
+                        await self._wake.wait()
+                    woken = self._wake.is_set()
+                    self._wake = anyio.Event()
+                    if woken or _fingerprint(self.path) != self._seen:
+                        self.reload()
+            finally:
+                # the watcher's thread checks this every WATCH_STEP_MS: shutdown is not held up
+                self._stop.set()
+
+    async def _watch(self) -> None:
+        """Wake the loop when the file changes.  The folder is watched, not
+        the file: a Kubernetes ConfigMap swaps a symlink beside it and editors
+        rename a new file over the old, both of which a watch on the file
+        itself would lose."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            async for _ in awatch(folder, watch_filter=None, recursive=False, debounce=WATCH_DEBOUNCE_MS,
+                                  step=WATCH_STEP_MS, stop_event=self._stop):
+                if _fingerprint(self.path) != self._seen:
+                    self._wake.set()
+        except OSError as exc:
+            log.warning("cannot watch %s for changes (%s); checking it every %g s", folder, exc, self.interval)
 
 
 def keep_last_good(path: str, last_good_path: str) -> None:
