@@ -38,6 +38,7 @@ async def chat(context: Context, request: Incoming, raw: bytes, dialect: Dialect
     started = time.perf_counter()
     large = len(raw) > OFFLOAD_BODY_BYTES
     body = await _call(large, parse_chat_body, raw)
+    record.model = body["model"]
     target = context.routes.route(dialect.name, body["model"])
     rewritten = await rewrite(context, request, raw, body, dialect, target.upstream)
     record.rewrite_seconds = time.perf_counter() - started

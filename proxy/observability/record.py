@@ -15,7 +15,8 @@ class RequestRecord:
     method: str
     path: str
     dialect: str = ""
-    upstream: str = ""
+    model: str = ""                 # a chat request's, as the client named it
+    upstream: str = ""              # the upstream called, once it is
     status: int = 0
     cache: str = "bypass"           # hit | miss | bypass
     rewrite: str = ""               # the chat rewrite decision, see chat.ChatRequest
