@@ -132,8 +132,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _credential_headers() -> list[tuple[bytes, bytes]]:
     """The credentials the SDKs would send, from their usual variables."""
-    return [header for dialect in DIALECTS.values() if (key := os.environ.get(dialect.sdk_key_env))
-            for header in dialect.credential_headers(key)]
+    return list(dict.fromkeys(header for dialect in DIALECTS.values() if (key := os.environ.get(dialect.sdk_key_env))
+                              for header in dialect.credential_headers(key)))
 
 
 class _Progress:

@@ -3,6 +3,7 @@ explain endpoint and `ctxwarden explain`)."""
 
 from __future__ import annotations
 
+from ..dialects import get_dialect
 from .conversation import is_recall, rewrite_turn
 from .plan import RewritePlan
 
@@ -12,7 +13,7 @@ def explain_turn(body: dict, dialect: str, plan: RewritePlan) -> dict:
     time) and why, message by message, as JSON-serialisable data."""
     outcome = rewrite_turn(body, dialect, plan)
     state = outcome.state
-    messages = body["messages"]
+    messages = get_dialect(dialect).conversation(body)
     verbatim = set(range(state.head)) | {x for x in state.items if isinstance(x, int)} if state else set()
     cut = {x[0] for x in state.items if isinstance(x, list)} if state else set()
     rows = []
