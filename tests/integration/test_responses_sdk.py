@@ -230,3 +230,21 @@ def test_the_sdk_raises_bad_request_for_a_malformed_item(openai_client, upstream
         openai_client.responses.create(model=OPENAI_MODEL, input=[{"type": "function_call_output", "call_id": 7,
                                                                    "output": "x"}])
     assert len(upstream.recorder) == 0
+
+
+def test_a_stream_broken_off_ends_with_the_apis_error_event(openai_client, upstream):
+    stream = openai_client.responses.create(model=OPENAI_MODEL, input="break me", stream=True,
+                                            extra_headers={"x-fake-fault": "reset-mid-stream"})
+    events = list(stream)
+    assert events[0].type == "response.created"
+    assert events[-1].type == "error" and events[-1].code == "server_error" and events[-1].message
+    with pytest.raises(RuntimeError, match="response.completed"):
+        with openai_client.responses.stream(model=OPENAI_MODEL, input="break me too",
+                                            extra_headers={"x-fake-fault": "reset-mid-stream"}) as helper:
+            helper.get_final_response()
+
+
+def test_other_responses_paths_are_forwarded_to_the_openai_upstream(openai_client, upstream):
+    answer = openai_client.get("/responses/resp_123/input_items", cast_to=object, options={"params": {"limit": 2}})
+    assert answer["echo"] is True and answer["path"] == "/v1/responses/resp_123/input_items"
+    assert answer["query"] == "limit=2" and answer["upstream"] == upstream.fake.name
