@@ -119,6 +119,7 @@ def test_requests_whose_history_the_server_holds_are_not_managed():
     assert "previous_response_id" in R.unmanaged(body("hi", previous_response_id="resp_1"))
     assert "conversation" in R.unmanaged(body("hi", conversation="conv_1"))
     assert R.unmanaged({"model": "gpt-4o", "prompt": {"id": "pmpt_1"}})
+    assert R.unmanaged(body([])) == R.unmanaged(body("")) == "the request has no input"
 
 
 def test_the_dialect_owns_its_paths_and_is_served_by_the_openai_upstreams():

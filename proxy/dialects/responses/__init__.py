@@ -17,7 +17,8 @@ calls, item_reference, ...) are of unknown shape: the request passes through
 unchanged, as chat requests with messages of unknown shape do.
 
 A request whose history the server holds (``previous_response_id`` or
-``conversation``) or that has no ``input`` is not rewritten: it is sent as it came.
+``conversation``) or that has no (or an empty) ``input`` is not rewritten: it
+is sent as it came.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def unmanaged(body: dict) -> str:
     for field in ("previous_response_id", "conversation"):
         if body.get(field) is not None:
             return f"{field} is set: the server holds the conversation"
-    return "" if body.get("input") is not None else "the request has no input"
+    return "" if body.get("input") else "the request has no input"
 
 
 def conversation(body: dict) -> list:
