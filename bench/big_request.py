@@ -127,7 +127,7 @@ def timed(function, repeat: int, before=None) -> tuple[list[float], object]:
 def stages(raw: bytes, raw_next: bytes, tokens: TokenManagement, repeat: int) -> list[tuple[str, list[float]]]:
     pricing = openai.default_pricing
     rows = []
-    s, body = timed(lambda: parse_chat_body(raw), repeat)
+    s, body = timed(lambda: parse_chat_body(raw, openai), repeat)
     rows.append(("parse", s))
     s, _ = timed(lambda: openai.check_structure(body["messages"]), repeat)
     rows.append(("structure", s))
@@ -143,7 +143,7 @@ def stages(raw: bytes, raw_next: bytes, tokens: TokenManagement, repeat: int) ->
     stored = chat.state.to_bytes() if chat.state is not None else None
 
     def turn():
-        nbody = parse_chat_body(raw_next)
+        nbody = parse_chat_body(raw_next, openai)
         nkeys = conversation_keys(nbody, "openai")
         state = ConversationState.from_bytes(stored) if stored is not None else None
         return prepare_chat(tokens, "openai", raw_next, nbody, pricing, state, nkeys)

@@ -64,7 +64,7 @@ def timed_turns(messages: list[dict], budget: int, turns: int, keep_state: bool)
     for i in ends:
         raw = json.dumps({"model": "gpt-4o", "messages": messages[:i]}).encode()
         started = time.perf_counter()
-        body = parse_chat_body(raw)
+        body = parse_chat_body(raw, openai)
         keys = conversation_keys(body, "openai")
         stored = next((store[k] for k in reversed(keys[-64:]) if k in store), None) if keep_state else None
         state = ConversationState.from_bytes(stored) if stored is not None else None

@@ -167,13 +167,13 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _explain_dialect(named: str | None, raw: bytes) -> tuple[str, str]:
     """The dialect to explain a body in, and what told it: --dialect, else the body's shape."""
-    from .chat import parse_chat_body
     from .dialects import dialect_of_body
     from .errors import BadRequest
+    from .wirejson import parse_json
 
     if named:
         return named, "--dialect"
-    body = parse_chat_body(raw)
+    body = parse_json(raw)
     try:
         dialect = dialect_of_body(body)
     except BadRequest as exc:
@@ -183,8 +183,8 @@ def _explain_dialect(named: str | None, raw: bytes) -> tuple[str, str]:
 
 def _credential_headers() -> list[tuple[bytes, bytes]]:
     """The credentials the SDKs would send, from their usual variables."""
-    return [header for dialect in DIALECTS.values() if (key := os.environ.get(dialect.sdk_key_env))
-            for header in dialect.credential_headers(key)]
+    return list(dict.fromkeys(header for dialect in DIALECTS.values() if (key := os.environ.get(dialect.sdk_key_env))
+                              for header in dialect.credential_headers(key)))
 
 
 class _Progress:

@@ -37,9 +37,9 @@ async def chat(context: Context, request: Incoming, raw: bytes, dialect: Dialect
                opened: OpenTap, slot: Slot | None = None) -> Response:
     started = time.perf_counter()
     large = len(raw) > OFFLOAD_BODY_BYTES
-    body = await _call(large, parse_chat_body, raw)
+    body = await _call(large, parse_chat_body, raw, dialect)
     record.model = body["model"]
-    target = context.routes.route(dialect.name, body["model"])
+    target = context.routes.route(dialect.upstream, body["model"])
     rewritten = await rewrite(context, request, raw, body, dialect, target.upstream)
     record.rewrite_seconds = time.perf_counter() - started
     record.rewrite, record.rewrite_reason = rewritten.rewrite, rewritten.reason

@@ -60,8 +60,8 @@ class _Run:
 
     def __init__(self, body: dict, dialect: str, plan: RewritePlan):
         self.body = body
-        self.messages: list = body["messages"]
         self.dialect = get_dialect(dialect)
+        self.messages: list = self.dialect.conversation(body)
         self.plan = plan
         self.encoding = plan.encoding
         self.fixed_tokens = self.dialect.fixed_tokens(body, plan.encoding)
@@ -553,6 +553,5 @@ def _render(run: _Run, state: ConversationState) -> tuple[dict, int]:
     stable = len(head) if state.note else 0
     if len(messages) == len(run.messages) and all(a is b for a, b in zip(messages, run.messages)):
         messages = run.messages
-    body = run.body if messages is run.messages else {
-        k: (messages if k == "messages" else v) for k, v in run.body.items()}
+    body = run.body if messages is run.messages else run.dialect.with_conversation(run.body, messages)
     return run.dialect.cache_hints(body, run.plan.pricing, stable, run.conversation), stable

@@ -19,7 +19,7 @@ def explain_turn(body: dict, dialect: str, plan: RewritePlan) -> dict:
     time) and why, message by message, as JSON-serialisable data."""
     outcome = rewrite_turn(body, dialect, plan)
     state = outcome.state
-    messages = body["messages"]
+    messages = get_dialect(dialect).conversation(body)
     counts, latest = message_counts(body, dialect, plan)
     system = {id(m) for m in get_dialect(dialect).system_messages(messages)}
     verbatim = set(range(state.head)) | {x for x in state.items if isinstance(x, int)} if state else set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctxwarden.dialects import anthropic, dialect_of_body, openai
+from ctxwarden.dialects import anthropic, dialect_of_body, openai, responses
 from ctxwarden.errors import BadRequest
 
 USER = {"role": "user", "content": "hello"}
@@ -41,6 +41,17 @@ def test_anthropic_bodies(body):
 ], ids=["system-role", "developer-role", "tool-calls", "max_completion_tokens", "function-tools", "image_url"])
 def test_openai_bodies(body):
     assert dialect_of_body(body) is openai
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "m", "input": "hello"},
+    {"model": "m", "instructions": "be brief", "input": [USER]},
+    {"model": "m", "input": [USER, {"type": "function_call", "call_id": "c1", "name": "ls", "arguments": "{}"},
+                             {"type": "function_call_output", "call_id": "c1", "output": "a.py"}]},
+    {"model": "m", "previous_response_id": "resp_1", "input": [USER]},
+], ids=["input-string", "instructions", "function-call-items", "previous_response_id"])
+def test_responses_bodies(body):
+    assert dialect_of_body(body) is responses
 
 
 def test_a_body_both_apis_take_is_not_guessed():

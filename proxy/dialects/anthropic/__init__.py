@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import Message
+from ..base import Message, check_messages_body, messages_of, no_reason, with_messages
 from ...pricing import ANTHROPIC_PRICING
 from .markers import cache_hints
 from .stream import assemble_stream, replay_stream
@@ -22,8 +22,14 @@ from .tokens import fixed_tokens, message_tokens
 
 __all__ = ["assemble_stream", "cache_hints", "replay_stream", "fixed_tokens", "message_tokens"]
 
+check_body, unmanaged, conversation, with_conversation = check_messages_body, no_reason, messages_of, with_messages
+
 name = "anthropic"
+upstream = "anthropic"
 chat_path = "/v1/messages"
+conversation_field = "messages"
+key_fields = ("system", "tools")
+output_fields = ("max_tokens",)
 route = "messages"
 sdk_key_env = "ANTHROPIC_API_KEY"
 default_pricing = ANTHROPIC_PRICING
@@ -72,6 +78,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
     texts: list[str] = []
     call_ids: list[str] = []
     result_ids: list[str] = []
+    calls: list = []
     opaque = unknown = frozen = False
     content = wire.get("content")
     if isinstance(content, str):
@@ -93,6 +100,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
                 except (TypeError, ValueError):
                     args = str(block.get("input"))
                 texts.append(f"{block.get('name', '')} {args}")
+                calls.append(block.get("input"))
             elif btype == "tool_result" and role == "user" and isinstance(block.get("tool_use_id"), str):
                 result_ids.append(block["tool_use_id"])
                 o, u = _tool_result_content(i, block, segments, texts)
@@ -111,7 +119,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
     return Message(
         index=index, role=role, wire=wire, tokens=tokens,
         text="\n".join(texts), segments=tuple(segments), call_ids=tuple(call_ids),
-        result_ids=tuple(result_ids), opaque=opaque, unknown=unknown,
+        result_ids=tuple(result_ids), calls=tuple(calls), opaque=opaque, unknown=unknown,
     )
 
 

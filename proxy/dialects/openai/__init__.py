@@ -13,15 +13,21 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import Message
+from ..base import Message, check_messages_body, messages_of, no_reason, with_messages
 from ...pricing import OPENAI_PRICING, Pricing
 from .stream import assemble_stream, replay_stream
 from .tokens import fixed_tokens, message_tokens
 
 __all__ = ["assemble_stream", "replay_stream", "fixed_tokens", "message_tokens"]
 
+check_body, unmanaged, conversation, with_conversation = check_messages_body, no_reason, messages_of, with_messages
+
 name = "openai"
+upstream = "openai"
 chat_path = "/v1/chat/completions"
+conversation_field = "messages"
+key_fields = ("system", "tools")
+output_fields = ("max_completion_tokens", "max_tokens")
 route = "chat_completions"
 sdk_key_env = "OPENAI_API_KEY"
 default_pricing = OPENAI_PRICING
@@ -70,6 +76,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
 
     call_ids: list[str] = []
     result_ids: list[str] = []
+    arguments: list = []
     if role == "assistant":
         calls = wire.get("tool_calls")
         if calls is not None:
@@ -84,6 +91,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
                     fn = call.get("function")
                     if isinstance(fn, dict):
                         texts.append(f"{fn.get('name', '')} {fn.get('arguments', '')}")
+                        arguments.append(fn.get("arguments", ""))
                     else:
                         texts.append(json.dumps(call, ensure_ascii=False, sort_keys=True))
         fc = wire.get("function_call")
@@ -104,7 +112,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
     return Message(
         index=index, role=role, wire=wire, tokens=tokens,
         text="\n".join(texts), segments=tuple(segments), call_ids=tuple(call_ids),
-        result_ids=tuple(result_ids), opaque=opaque, unknown=unknown,
+        result_ids=tuple(result_ids), calls=tuple(arguments), opaque=opaque, unknown=unknown,
     )
 
 
