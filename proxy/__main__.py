@@ -7,10 +7,13 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Literal, TypeVar
+
+from tqdm import tqdm
 
 from .config import Config, ConfigError, load_config
 from .dialects import DIALECTS
@@ -188,20 +191,36 @@ def _credential_headers() -> list[tuple[bytes, bytes]]:
 
 
 class _Progress:
-    """tasks done/total and failures on stderr: a bar on a terminal, lines otherwise."""
-
-    WIDTH = 30
+    """run-parallel's progress on stderr: tqdm's bar on a terminal (tasks done,
+    elapsed, rate, failures), a line per finished task otherwise (a CI log),
+    then a summary naming every task that did not succeed."""
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
+        self.bar: tqdm | None = None
+        self.started = time.monotonic()
 
     def __call__(self, done: int, total: int, failures: int) -> None:
-        filled = self.WIDTH * done // total if total else self.WIDTH
-        line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total} done, {failures} failed"
-        if self.tty:
-            print("\r" + line, end="\n" if done == total else "", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="task", file=sys.stderr, dynamic_ncols=True, disable=not self.tty)
+        self.bar.set_postfix_str(f"{failures} failed", refresh=False)
+        self.bar.update(done - self.bar.n)
+        if not self.tty:
+            print(f"{done}/{total} done, {failures} failed, {self.elapsed()} elapsed", file=sys.stderr, flush=True)
+
+    def elapsed(self) -> str:
+        return tqdm.format_interval(time.monotonic() - self.started)
+
+    def summary(self, results: list) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        failed = [r for r in results if r.status != "ok"]
+        print(f"run-parallel: {len(results)} tasks in {self.elapsed()}, {len(results) - len(failed)} ok, "
+              f"{len(failed)} failed{':' if failed else ''}", file=sys.stderr)
+        for result in failed:
+            reason = result.error or (f"blocked by {result.blocked_by}" if result.blocked_by else "")
+            print(f"  {result.id}: {result.status}{' - ' + reason.splitlines()[0] if reason else ''}",
+                  file=sys.stderr)
 
 
 def _run_parallel(args: argparse.Namespace) -> int:
@@ -219,17 +238,20 @@ def _run_parallel(args: argparse.Namespace) -> int:
         args, lambda raw, config: parse_task_graph(parse_json(raw), config.parallel_execution.max_tasks))
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
 
+    progress = _Progress()
+
     async def run():
         proxy = Proxy(config, None)
         await proxy.start()
         try:
             return await run_parallel(proxy.gateway, proxy.gate, graph, _credential_headers(),
-                                      config.parallel_execution, on_progress=_Progress())
+                                      config.parallel_execution, on_progress=progress)
         finally:
             await proxy.close()
 
     try:
         results = anyio.run(run)
+        progress.summary(results)
         for result in results:
             out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
     finally:
