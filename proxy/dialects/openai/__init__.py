@@ -40,6 +40,26 @@ OPAQUE_PARTS = frozenset({"image_url", "input_audio", "file", "image", "input_im
 TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
 
+def parts_text(parts: list, path: tuple, segments: list, texts: list, text_parts: frozenset[str],
+               opaque_parts: frozenset[str]) -> tuple[bool, bool]:
+    """The editable text of a list of typed content parts (Chat Completions'
+    and the Responses API's), added to ``segments`` under ``path``; whether a
+    part is opaque (an image, a file) or of a type not known."""
+    opaque = unknown = False
+    for i, part in enumerate(parts):
+        ptype = part.get("type") if isinstance(part, dict) else None
+        if ptype in text_parts and isinstance(part.get("text"), str):
+            segments.append(((*path, i, "text"), part["text"]))
+            texts.append(part["text"])
+        elif ptype == "refusal" and isinstance(part.get("refusal"), str):
+            texts.append(part["refusal"])
+        elif ptype in opaque_parts:
+            opaque = True
+        else:
+            unknown = True
+    return opaque, unknown
+
+
 def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = None) -> Message:
     if tokens is None:
         tokens = message_tokens(wire, encoding)
@@ -57,20 +77,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
         segments.append((("content",), content))
         texts.append(content)
     elif isinstance(content, list):
-        for i, part in enumerate(content):
-            if not isinstance(part, dict):
-                unknown = True
-                continue
-            ptype = part.get("type")
-            if ptype in TEXT_PARTS and isinstance(part.get("text"), str):
-                segments.append((("content", i, "text"), part["text"]))
-                texts.append(part["text"])
-            elif ptype == "refusal" and isinstance(part.get("refusal"), str):
-                texts.append(part["refusal"])
-            elif ptype in OPAQUE_PARTS:
-                opaque = True
-            else:
-                unknown = True
+        opaque, unknown = parts_text(content, ("content",), segments, texts, TEXT_PARTS, OPAQUE_PARTS)
     elif content is not None:
         unknown = True
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..base import Message
-from ..openai import answer_headers, cache_hints, credential_headers, error_body, latest_user_kept
+from ..openai import answer_headers, cache_hints, credential_headers, error_body, latest_user_kept, parts_text
 from ...errors import BadRequest
 from ...pricing import OPENAI_PRICING
 from .items import GROUP, MESSAGE_ROLES, flatten, group, group_items, kind
@@ -110,19 +110,7 @@ def _content(content: Any, path: tuple, segments: list, texts: list) -> tuple[bo
         return False, False
     if not isinstance(content, list):
         return False, True
-    opaque = unknown = False
-    for j, part in enumerate(content):
-        part_type = part.get("type") if isinstance(part, dict) else None
-        if part_type in TEXT_PARTS and isinstance(part.get("text"), str):
-            segments.append(((*path, j, "text"), part["text"]))
-            texts.append(part["text"])
-        elif part_type == "refusal" and isinstance(part.get("refusal"), str):
-            texts.append(part["refusal"])
-        elif part_type in OPAQUE_PARTS:
-            opaque = True
-        else:
-            unknown = True
-    return opaque, unknown
+    return parts_text(content, path, segments, texts, TEXT_PARTS, OPAQUE_PARTS)
 
 
 def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = None) -> Message:
