@@ -302,9 +302,12 @@ class EngineTurn:
 class Ctxwarden(Strategy):
     name = "ctxwarden"
 
-    def __init__(self, dialect: str, budget: int, meter: RequestMeter, stateless: bool = False) -> None:
+    def __init__(self, dialect: str, budget: int, meter: RequestMeter, stateless: bool = False,
+                 low_water: float | None = None) -> None:
         super().__init__(dialect, budget, meter)
-        self.plan = RewritePlan(budget=budget, encoding=ENCODING, pricing=get_dialect(dialect).default_pricing)
+        settings = {} if low_water is None else {"low_water": low_water}
+        self.plan = RewritePlan(budget=budget, encoding=ENCODING, pricing=get_dialect(dialect).default_pricing,
+                                **settings)
         self.store: dict[str, Any] = {}
         self.stateless = stateless
         self.last: EngineTurn | None = None
@@ -331,9 +334,10 @@ class Ctxwarden(Strategy):
         return twin
 
 
-def make_strategies(dialect: str, budget: int, meter: RequestMeter, stateless: bool) -> list[Strategy]:
+def make_strategies(dialect: str, budget: int, meter: RequestMeter, stateless: bool,
+                    low_water: float | None = None) -> list[Strategy]:
     return [Passthrough(dialect, budget, meter), Window(dialect, budget, meter), Half(dialect, budget, meter),
-            Ctxwarden(dialect, budget, meter, stateless)]
+            Ctxwarden(dialect, budget, meter, stateless, low_water)]
 
 
 # ------------------------------------------------------------------ figures
@@ -464,7 +468,8 @@ class Track:
             st.stateless_differ += last.stateless_differs
 
 
-def replay(conv: dict, budgets: Sequence[int], dialects: Sequence[str], stateless: bool) -> dict[tuple, Stats]:
+def replay(conv: dict, budgets: Sequence[int], dialects: Sequence[str], stateless: bool,
+           low_water: float | None = None) -> dict[tuple, Stats]:
     """Every figure of one conversation, keyed (dialect, budget, strategy)."""
     conv_id = str(conv.get("id"))
     name, value = planted_fact(conv_id)
@@ -483,7 +488,7 @@ def replay(conv: dict, budgets: Sequence[int], dialects: Sequence[str], stateles
         request_tokens = {i: running[conv_d.cut[i]] for i in turns}
         for budget in budgets:
             tracks = [Track(s, conv_id, running[-1] > LARGE_CONVERSATION)
-                      for s in make_strategies(dialect, budget, meter, stateless)]
+                      for s in make_strategies(dialect, budget, meter, stateless, low_water)]
             asked = ask_turn(turns, request_tokens, budget, planted_at)
             for t, i in enumerate(turns):
                 if i == asked:
@@ -573,6 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     ap.add_argument("--stateless", action="store_true",
                     help="also rewrite every turn without state and count the bodies that differ")
+    ap.add_argument("--low-water", type=float, default=None,
+                    help="ctxwarden's <low_water> (default: the config's default): how much a compaction may keep")
     args = ap.parse_args(argv)
     budgets = [int(b) for b in args.budgets.split(",") if b]
     dialects = [d for d in args.dialects.split(",") if d]
@@ -591,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pricing {d}: cache {p.cache}, read {p.read}x, write {p.write}x, ttl {p.ttl:.0f} s; "
               f"one turn every {TURN_SECONDS:.0f} s")
     started = time.perf_counter()
-    work = partial(replay, budgets=budgets, dialects=dialects, stateless=args.stateless)
+    work = partial(replay, budgets=budgets, dialects=dialects, stateless=args.stateless, low_water=args.low_water)
     ordered = sorted(convs, key=lambda c: -len(json.dumps(c["messages"])))   # biggest first: even workers
     results: dict[tuple, Stats] = {}
     with Pool(args.jobs) if args.jobs > 1 else _Serial() as pool:
