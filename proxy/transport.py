@@ -19,7 +19,14 @@ the PEM file an upstream's certificate is verified against.
 
 Egress like other HTTP tools when ``trust_env``: HTTPS_PROXY / HTTP_PROXY /
 NO_PROXY (aiohttp's reading of them, ~/.netrc for a proxy's credentials),
-and SSL_CERT_FILE / SSL_CERT_DIR in place of certifi's CAs.
+and SSL_CERT_FILE / SSL_CERT_DIR in place of certifi's CAs.  They are read
+once per upstream scheme and host, not per request: aiohttp's own
+``trust_env`` reads them (and ~/.netrc, twice) on a worker thread for every
+request, two thread hand-offs that cost more than the rest of the call.
+~/.netrc is read for the forward proxy's credentials only: an upstream gets
+the client's credentials or the configured key, never a netrc entry (with
+``trust_env`` on the session aiohttp would add one as Basic auth, and refuse
+a request that carries its own Authorization).
 """
 
 from __future__ import annotations
@@ -30,9 +37,12 @@ import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
+import anyio
 import certifi
 import httpx
+from aiohttp.helpers import BasicAuth, get_env_proxy_for_url
 from multidict import CIMultiDict
+from yarl import URL
 
 # aiohttp adds these unless told not to; the client's own pass through as they came.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
@@ -43,6 +53,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._limits = limits
         self._trust_env = trust_env
         self._session: aiohttp.ClientSession | None = None
+        # (scheme, host) -> the forward proxy from the environment and its credentials
+        self._proxies: dict[tuple[str, str | None], tuple[URL | None, BasicAuth | None]] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use: an aiohttp session belongs to the running event loop.
@@ -53,8 +65,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             keepalive_timeout=self._limits.keepalive_expiry or 5.0,
             ssl=_default_context(self._trust_env))
         return aiohttp.ClientSession(connector=connector, trace_configs=[trace], auto_decompress=False,
-                                     skip_auto_headers=_NO_AUTO_HEADERS, cookie_jar=aiohttp.DummyCookieJar(),
-                                     trust_env=self._trust_env)
+                                     skip_auto_headers=_NO_AUTO_HEADERS, cookie_jar=aiohttp.DummyCookieJar())
+
+    async def _proxy_for(self, url: URL) -> tuple[URL | None, BasicAuth | None]:
+        if not self._trust_env:
+            return None, None
+        key = (url.scheme, url.host)
+        found = self._proxies.get(key)
+        if found is None:
+            # aiohttp's reading of the environment; it may read ~/.netrc, so not on the event loop
+            found = self._proxies[key] = await anyio.to_thread.run_sync(_environment_proxy, url)
+        return found
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._session is None:
@@ -62,9 +83,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeout = request.extensions.get("timeout", {})
         connect, pool = timeout.get("connect"), timeout.get("pool")
         ca_bundle = request.extensions.get("ca_bundle")
+        url = URL(str(request.url))
         try:
+            proxy, proxy_auth = await self._proxy_for(url)
             response = await self._session.request(
-                request.method, str(request.url), headers=_headers(request.headers.raw),
+                request.method, url, headers=_headers(request.headers.raw), proxy=proxy, proxy_auth=proxy_auth,
                 data=request.content or None, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=connect, sock_read=timeout.get("read"),
@@ -80,6 +103,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _environment_proxy(url: URL) -> tuple[URL | None, BasicAuth | None]:
+    try:
+        return get_env_proxy_for_url(url)
+    except LookupError:   # NO_PROXY names the host, or no proxy for its scheme
+        return None, None
 
 
 def _default_context(trust_env: bool) -> ssl.SSLContext:
