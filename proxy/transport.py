@@ -78,31 +78,45 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return found
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.send(request.method, str(request.url), request.headers.raw, request.content or None,
+                                   request.extensions)
+        response.request = request
+        return response
+
+    async def send(self, method: str, url: str, headers: list[tuple[bytes, bytes]], content: bytes | None,
+                   extensions: dict) -> httpx.Response:
+        """handle_async_request without an httpx.Request: what the proxy's own
+        client calls (building a Request parses the URL and the headers once
+        more); `extensions` as a Request's. The response has no `request`."""
         if self._session is None:
             self._session = self._open()
-        timeout = request.extensions.get("timeout", {})
-        connect, pool = timeout.get("connect"), timeout.get("pool")
-        ca_bundle = request.extensions.get("ca_bundle")
-        url = URL(str(request.url))
+        timeout = extensions.get("timeout", {})
+        ca_bundle = extensions.get("ca_bundle")
+        target = URL(url)
         try:
-            proxy, proxy_auth = await self._proxy_for(url)
+            proxy, proxy_auth = await self._proxy_for(target)
             response = await self._session.request(
-                request.method, url, headers=_headers(request.headers.raw), proxy=proxy, proxy_auth=proxy_auth,
-                data=request.content or None, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=connect, sock_read=timeout.get("read"),
-                    connect=None if connect is None or pool is None else connect + pool),
-                trace_request_ctx=request.extensions.get("trace"),
+                method, target, headers=_headers(headers), proxy=proxy, proxy_auth=proxy_auth,
+                data=content or None, allow_redirects=False, timeout=_timeout(**timeout),
+                trace_request_ctx=extensions.get("trace"),
                 **({"ssl": _bundle_context(ca_bundle)} if ca_bundle else {}))
         except Exception as exc:
             raise _as_httpx(exc) from exc
         return httpx.Response(
-            response.status, headers=list(response.raw_headers), stream=_Body(response), request=request,
+            response.status, headers=list(response.raw_headers), stream=_Body(response),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode("latin-1")})
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(connect: float | None = None, read: float | None = None, write: float | None = None,
+             pool: float | None = None) -> aiohttp.ClientTimeout:
+    # aiohttp has no write timeout; connect is the wait for a pooled connection and the connecting
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read,
+                                 connect=None if connect is None or pool is None else connect + pool)
 
 
 def _environment_proxy(url: URL) -> tuple[URL | None, BasicAuth | None]:
