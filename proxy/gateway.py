@@ -45,8 +45,9 @@ class Gateway(Context):
         """Answer one proxied request; the slot it takes is held until the
         whole response has been sent."""
         request = Request(scope, receive)
-        path = request.url.path
-        record = RequestRecord(route="forward", method=request.method, path=path,
+        # request.url.path, without building the URL: the path until check_path has looked at it
+        path = scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+        record = RequestRecord(route="forward", method=scope["method"], path=path,
                                dialect=dialect_for(path, request.headers).name,
                                client=scope.get(CLIENT_KEY_SCOPE, ""))
         slot, opened = Slot(gate), OpenTap()
