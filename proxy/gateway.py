@@ -30,7 +30,7 @@ from .context import Context
 from .dialects import chat_dialect, dialect_for, get_dialect
 from .errors import ClientClosed, NotFound, ProxyError, UpstreamError, error_response
 from .forward import forward
-from .incoming import Incoming, read_body, until_disconnected
+from .incoming import Incoming, read_body, respond, until_disconnected
 from .observability.record import RequestRecord
 from .outgoing import Slot
 from .parallel.gate import UpstreamGate
@@ -54,7 +54,7 @@ class Gateway(Context):
         try:
             response = await self._answer(record, lambda: self._proxied(request, record, opened, slot))
             if record.status != ClientClosed.status:
-                await response(scope, receive, send)
+                await respond(response, scope, receive, send)
         finally:
             slot.release()
             await opened.close()

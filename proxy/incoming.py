@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import anyio
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import Receive
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from .errors import BodyTimeout, ClientClosed, PayloadTooLarge
 
@@ -43,25 +44,51 @@ async def until_disconnected(receive: Receive, work: Callable[[], Awaitable],
     disconnect."""
     scope = anyio.CancelScope()
 
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+    def gone() -> None:
         if keep_going():
             log.info("client went away; its answer is still fetched for a coalesced follower")
         else:
             scope.cancel()
 
-    # A bare task cancelling an anyio scope, not a task group: the group and its
-    # task cost several times the rest of a small request's way through here
-    # (bench/cancel_scopes.py). The work still runs in an anyio scope, so the
-    # shielded clean-ups in it behave as before.
-    watcher = asyncio.get_running_loop().create_task(watch())
+    watcher = _watch(receive, gone)
     try:
         with scope:
             return await work()
     finally:
         watcher.cancel()
     raise ClientClosed("the client closed the connection before its answer was ready")
+
+
+async def respond(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+    """Send `response`; a stream stops when the client goes away. Starlette's
+    StreamingResponse does the same under uvicorn (ASGI spec 2.3) with a task
+    group per response; the stream is sent here in an anyio scope cancelled by
+    a bare task instead."""
+    if not isinstance(response, StreamingResponse) or response.background is not None:
+        await response(scope, receive, send)
+        return
+    stream = anyio.CancelScope()
+    watcher = _watch(receive, stream.cancel)
+    try:
+        with stream:
+            await response.stream_response(send)
+    finally:
+        watcher.cancel()
+
+
+def _watch(receive: Receive, gone: Callable[[], None]) -> asyncio.Task:
+    """A task that calls `gone()` once the client has disconnected; cancel it
+    when done. A bare task cancelling an anyio scope, not a task group: the
+    group and its task cost several times the rest of a small request's way
+    through here (bench/cancel_scopes.py). What it cancels still runs in an
+    anyio scope, so the shielded clean-ups in it behave as in a task group."""
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone()
+
+    return asyncio.get_running_loop().create_task(watch())
 
 
 def _declared_length(request: Request, limit: int) -> int | None:
