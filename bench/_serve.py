@@ -58,6 +58,9 @@ def main() -> int:
         log_level="warning",
         workers=1,
         backlog=4096,
+        # the proxy as `ctxwarden serve` runs it (proxy/__main__.py); the fake keeps
+        # uvicorn's defaults, as an upstream behind its own load balancer would
+        **({} if args.what == "fake" else {"proxy_headers": False, "server_header": False}),
     )
     server = uvicorn.Server(config)
     if args.profile:
