@@ -13,6 +13,7 @@ as 499, like one that goes away mid-upload."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,9 +35,20 @@ from .incoming import Incoming, read_body, respond, until_disconnected
 from .observability.record import RequestRecord
 from .outgoing import Slot
 from .parallel.gate import UpstreamGate
-from .routing import check_path
+from .routing import RequestPath, check_path
 
 log = logging.getLogger("ctxwarden")
+
+# Paths up to this long have their check remembered, the last 1024 of them:
+# check_path walks a path byte by byte in Python, and a proxy is sent the same
+# few paths over and over. (Longer ones are checked each time, so what is kept
+# stays small.)
+REMEMBERED_PATH_BYTES = 256
+_remembered_check = functools.lru_cache(maxsize=1024)(check_path)
+
+
+def _checked_path(raw_path: bytes) -> RequestPath:
+    return _remembered_check(raw_path) if len(raw_path) <= REMEMBERED_PATH_BYTES else check_path(raw_path)
 
 class Gateway(Context):
     """The front door over one config's Context (``Gateway.build``)."""
@@ -62,7 +74,7 @@ class Gateway(Context):
 
     async def _proxied(self, request: Request, record: RequestRecord, opened: OpenTap, slot: Slot) -> Response:
         raw_path = request.scope.get("raw_path") or quote(request.scope["path"]).encode()
-        path = check_path(raw_path)
+        path = _checked_path(raw_path)
         chat = chat_dialect(request.method, path.decoded)
         record.path, record.route = path.decoded, chat.route if chat else "forward"
         record.dialect = (chat or dialect_for(path.decoded, request.headers)).name
