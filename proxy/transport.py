@@ -41,6 +41,7 @@ import aiohttp
 import anyio
 import certifi
 import httpx
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.helpers import BasicAuth, get_env_proxy_for_url
 from multidict import CIMultiDict
 from yarl import URL
@@ -63,7 +64,8 @@ class _Connector(aiohttp.TCPConnector):
     (_create_connection: the connector's step that opens a connection when
     none is pooled, unchanged since aiohttp 3.0.)"""
 
-    async def _create_connection(self, req, traces, timeout):
+    async def _create_connection(self, req: aiohttp.ClientRequest, traces: list,
+                                 timeout: aiohttp.ClientTimeout) -> ResponseHandler:
         connection = await super()._create_connection(req, traces, timeout)
         trace = _TRACE.get()
         if trace is not None:
