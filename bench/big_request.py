@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench._corpus import read_corpus  # noqa: E402
 from ctxwarden.chat import parse_chat_body, prepare_chat  # noqa: E402
 from ctxwarden.config import TokenManagement  # noqa: E402
 from ctxwarden.dialects import openai, request_tokens  # noqa: E402
@@ -126,7 +127,7 @@ def timed(function, repeat: int, before=None) -> tuple[list[float], object]:
 def stages(raw: bytes, raw_next: bytes, tokens: TokenManagement, repeat: int) -> list[tuple[str, list[float]]]:
     pricing = openai.default_pricing
     rows = []
-    s, body = timed(lambda: parse_chat_body(raw), repeat)
+    s, body = timed(lambda: parse_chat_body(raw, openai), repeat)
     rows.append(("parse", s))
     s, _ = timed(lambda: openai.check_structure(body["messages"]), repeat)
     rows.append(("structure", s))
@@ -142,7 +143,7 @@ def stages(raw: bytes, raw_next: bytes, tokens: TokenManagement, repeat: int) ->
     stored = chat.state.to_bytes() if chat.state is not None else None
 
     def turn():
-        nbody = parse_chat_body(raw_next)
+        nbody = parse_chat_body(raw_next, openai)
         nkeys = conversation_keys(nbody, "openai")
         state = ConversationState.from_bytes(stored) if stored is not None else None
         return prepare_chat(tokens, "openai", raw_next, nbody, pricing, state, nkeys)
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     print("command: " + shlex.join(["bench/big_request.py", *(argv if argv is not None else sys.argv[1:])]))
-    convs = [json.loads(line) for line in open(args.corpus, encoding="utf-8")]
+    convs = read_corpus([args.corpus])
     if not args.no_stages:
         messages = conversation(convs, min_tokens=args.tokens)
         raw = body_bytes(messages)

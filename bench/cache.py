@@ -104,6 +104,7 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
+from bench._corpus import read_corpus  # noqa: E402
 from bench.overhead import stop  # noqa: E402
 
 from bench._cache_helpers import (  # noqa: E402
@@ -124,12 +125,7 @@ EXAMPLE_PRICE = ("Claude Sonnet 4.5", 3.0)  # $ per Mtok base input (list price)
 
 
 def load_corpus(path: Path) -> list[dict]:
-    convs = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                convs.append(json.loads(line))
-    return convs
+    return read_corpus([path])
 
 
 def sample(convs: list[dict], k: int) -> list[dict]:

@@ -54,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench._corpus import read_corpus  # noqa: E402
 from bench._economy_metrics import (  # noqa: E402
     ENCODING, RequestMeter, planted_fact, plant, prefix_share, question, retained, strip_marks, turn_facts,
     with_last_breakpoint,
@@ -77,11 +78,7 @@ SYSTEM_ROLES = ("system", "developer")
 
 
 def load(paths: Sequence[str]) -> list[dict]:
-    convs = []
-    for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            convs += [json.loads(line) for line in fh if line.strip()]
-    return convs
+    return read_corpus(paths)
 
 
 def split_of(conv: dict) -> str:

@@ -61,7 +61,7 @@ async def run(requests: int, kib: int, budget: int) -> None:
     decisions: dict[str, int] = {}
     for i in range(requests):
         raw = request(i, kib)
-        body = parse_chat_body(raw)
+        body = parse_chat_body(raw, openai)
         keys = conversation_keys(body, "openai")
         state = await cache.load_conversation("tenant", keys)
         chat = prepare_chat(tokens, "openai", raw, body, pricing, state, keys)

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench._corpus import read_corpus  # noqa: E402
 from ctxwarden.chat import parse_chat_body, prepare_chat  # noqa: E402
 from ctxwarden.config import TokenManagement  # noqa: E402
 from ctxwarden.pipeline import ConversationState, conversation_keys  # noqa: E402
@@ -63,7 +64,7 @@ def timed_turns(messages: list[dict], budget: int, turns: int, keep_state: bool)
     for i in ends:
         raw = json.dumps({"model": "gpt-4o", "messages": messages[:i]}).encode()
         started = time.perf_counter()
-        body = parse_chat_body(raw)
+        body = parse_chat_body(raw, openai)
         keys = conversation_keys(body, "openai")
         stored = next((store[k] for k in reversed(keys[-64:]) if k in store), None) if keep_state else None
         state = ConversationState.from_bytes(stored) if stored is not None else None
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=30, help="turns timed at the end of each conversation")
     parser.add_argument("--budgets", default="16000,64000")
     args = parser.parse_args(argv)
-    convs = [json.loads(line) for line in open(args.corpus, encoding="utf-8")]
+    convs = read_corpus([args.corpus])
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     print(f"command: bench/turn_latency.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     long = [long_conversation(convs, 7 * n, args.min_tokens) for n in range(args.conversations)]

@@ -7,13 +7,16 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from tqdm import tqdm
+
 from .config import Config, ConfigError, load_config
-from .dialects import DEFAULT, DIALECTS
+from .dialects import DIALECTS
 from .errors import ProxyError
 from .heap import fix_mmap_threshold
 from .observability.logs import configure_logging
@@ -49,9 +52,10 @@ def _serve(args: argparse.Namespace) -> int:
     workers = args.workers or config.server.workers
     fix_mmap_threshold()
     configure_logging(config.logging, args.log_level)
+    counted = workers == "auto"
     if workers == "auto":
         workers = auto_workers()
-        log.info("serving with %d worker process(es): workers=auto, from the CPUs this process may use", workers)
+    _log_start(config, host, port, workers, counted)
     # uvicorn re-raises the stop signal once its graceful shutdown is done,
     # which would end the process as killed by SIGTERM; with a no-op handler
     # of ours in place, a clean shutdown exits 0.
@@ -82,6 +86,27 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_start(config: Config, host: str, port: int, workers: int, counted: bool) -> None:
+    """What an operator checks first: which file, where it listens, the
+    upstreams (never a key: at most the variable that holds one)."""
+    from .admin import unset_token_warning
+    from .cache.redis import redact_url
+
+    shown_host = f"[{host}]" if ":" in host else host
+    start = {"config": config.source, "listen": f"{shown_host}:{port}", "workers": workers,
+             "dashboard": f"http://{shown_host}:{port}/_ctxwarden/dashboard"}
+    if counted:
+        start["workers_from"] = "auto: the CPUs this process may use"
+    log.info("starting", extra={"fields": start})
+    for upstream in config.upstreams:
+        log.info("upstream", extra={"fields": {
+            "name": upstream.name, "dialect": upstream.dialect, "base_url": redact_url(upstream.base_url),
+            "api_key_env": upstream.api_key_env}})
+    warning = unset_token_warning(config)
+    if warning:
+        log.warning("%s", warning)
+
+
 def _validate(args: argparse.Namespace) -> int:
     from .clientkeys import startup_issues
 
@@ -96,6 +121,11 @@ def _validate(args: argparse.Namespace) -> int:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
         return 1
+    from .admin import unset_token_warning
+
+    warning = unset_token_warning(config)
+    if warning:
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK")
     return 0
 
@@ -123,34 +153,74 @@ def _explain(args: argparse.Namespace) -> int:
     import json
 
     from .chat import explain_request
+    from .explain_table import render_table
 
-    _, report = _load_inputs(args, lambda raw, config: explain_request(config, args.dialect, raw))
-    json.dump(report, sys.stdout, indent=2, ensure_ascii=False)
-    print()
+    def explain(raw: bytes, config: Config) -> tuple[str, str, dict]:
+        dialect, told_by = _explain_dialect(args.dialect, raw)
+        return dialect, told_by, explain_request(config, dialect, raw)
+
+    _, (dialect, told_by, report) = _load_inputs(args, explain)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, ensure_ascii=False)
+        print()
+    else:
+        sys.stdout.write(render_table(report, dialect, told_by))
     return 0
+
+
+def _explain_dialect(named: str | None, raw: bytes) -> tuple[str, str]:
+    """The dialect to explain a body in, and what told it: --dialect, else the body's shape."""
+    from .dialects import dialect_of_body
+    from .errors import BadRequest
+    from .wirejson import parse_json
+
+    if named:
+        return named, "--dialect"
+    body = parse_json(raw)
+    try:
+        dialect = dialect_of_body(body)
+    except BadRequest as exc:
+        raise BadRequest(f"{exc.message}; say which with --dialect {'|'.join(DIALECTS)}") from exc
+    return dialect.name, "told by the body: " + ", ".join(dialect.body_signs(body))
 
 
 def _credential_headers() -> list[tuple[bytes, bytes]]:
     """The credentials the SDKs would send, from their usual variables."""
-    return [header for dialect in DIALECTS.values() if (key := os.environ.get(dialect.sdk_key_env))
-            for header in dialect.credential_headers(key)]
+    return list(dict.fromkeys(header for dialect in DIALECTS.values() if (key := os.environ.get(dialect.sdk_key_env))
+                              for header in dialect.credential_headers(key)))
 
 
 class _Progress:
-    """tasks done/total and failures on stderr: a bar on a terminal, lines otherwise."""
-
-    WIDTH = 30
+    """run-parallel's progress on stderr: tqdm's bar on a terminal (tasks done,
+    elapsed, rate, failures), a line per finished task otherwise (a CI log),
+    then a summary naming every task that did not succeed."""
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
+        self.bar: tqdm | None = None
+        self.started = time.monotonic()
 
     def __call__(self, done: int, total: int, failures: int) -> None:
-        filled = self.WIDTH * done // total if total else self.WIDTH
-        line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total} done, {failures} failed"
-        if self.tty:
-            print("\r" + line, end="\n" if done == total else "", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="task", file=sys.stderr, dynamic_ncols=True, disable=not self.tty)
+        self.bar.set_postfix_str(f"{failures} failed", refresh=False)
+        self.bar.update(done - self.bar.n)
+        if not self.tty:
+            print(f"{done}/{total} done, {failures} failed, {self.elapsed()} elapsed", file=sys.stderr, flush=True)
+
+    def elapsed(self) -> str:
+        return tqdm.format_interval(time.monotonic() - self.started)
+
+    def summary(self, results: list) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        failed = [r for r in results if r.status != "ok"]
+        print(f"run-parallel: {len(results)} tasks in {self.elapsed()}, {len(results) - len(failed)} ok, "
+              f"{len(failed)} failed{':' if failed else ''}", file=sys.stderr)
+        for result in failed:
+            reason = result.error or (f"blocked by {result.blocked_by}" if result.blocked_by else "")
+            print(f"  {result.id}: {result.status}{' - ' + reason.splitlines()[0] if reason else ''}",
+                  file=sys.stderr)
 
 
 def _run_parallel(args: argparse.Namespace) -> int:
@@ -168,17 +238,20 @@ def _run_parallel(args: argparse.Namespace) -> int:
         args, lambda raw, config: parse_task_graph(parse_json(raw), config.parallel_execution.max_tasks))
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
 
+    progress = _Progress()
+
     async def run():
         proxy = Proxy(config, None)
         await proxy.start()
         try:
             return await run_parallel(proxy.gateway, proxy.gate, graph, _credential_headers(),
-                                      config.parallel_execution, on_progress=_Progress())
+                                      config.parallel_execution, on_progress=progress)
         finally:
             await proxy.close()
 
     try:
         results = anyio.run(run)
+        progress.summary(results)
         for result in results:
             out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
     finally:
@@ -195,35 +268,52 @@ def _workers_arg(value: str) -> int | Literal["auto"]:
     raise argparse.ArgumentTypeError("a positive number or auto")
 
 
+CONFIG_HELP = "config XML file (default: the shipped default config)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxwarden", description="Token-saving reverse proxy for LLM APIs")
-    parser.add_argument("--version", action="version", version=f"ctxwarden {metadata.version('ctxwarden')}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"ctxwarden {metadata.version('ctxwarden')}",
+                        help="print the installed version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="what to do; COMMAND --help tells more")
 
-    serve = commands.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", help="config XML (default: the shipped default config)")
+    serve = commands.add_parser("serve", help="run the proxy", description="Run the proxy until SIGTERM or Ctrl-C.")
+    serve.add_argument("--config", metavar="FILE", help=CONFIG_HELP + "; watched and reloaded when it changes")
     serve.add_argument("--host", help="listen address (overrides <server host>)")
     serve.add_argument("--port", type=int, help="listen port (overrides <server port>)")
-    serve.add_argument("--workers", type=_workers_arg,
+    serve.add_argument("--workers", type=_workers_arg, metavar="N|auto",
                        help="worker processes, or auto: one per usable CPU, at most 8 (overrides <server workers>)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                       help="overrides <logging level>")
+                       help="log level, kept over every reload (overrides <logging level>)")
     serve.set_defaults(run=_serve)
 
-    validate = commands.add_parser("validate", help="check a config file against the schema")
-    validate.add_argument("file")
+    validate = commands.add_parser(
+        "validate", help="check a config file",
+        description="Check a config file against the schema, its own rules and what serve would refuse in this "
+                    "environment. Prints FILE: OK (exit 0) or one file:line: reason line per problem (exit 1).")
+    validate.add_argument("file", metavar="FILE", help="the config XML file to check")
     validate.set_defaults(run=_validate)
 
-    explain = commands.add_parser("explain", help="show how a chat request would be rewritten (no upstream call)")
-    explain.add_argument("file", help="a chat request body as JSON")
-    explain.add_argument("--config", help="config XML (default: the shipped default config)")
-    explain.add_argument("--dialect", default=DEFAULT.name, choices=list(DIALECTS))
+    explain = commands.add_parser(
+        "explain", help="show how a chat request would be rewritten (no upstream call)",
+        description="Run the rewrite on a chat request body without calling upstream, and print per message its "
+                    "role, tier, action, reason and tokens before and after, then the decision and the estimated "
+                    "input cost of what is sent and of passthrough.")
+    explain.add_argument("file", metavar="FILE", help="a chat request body as JSON (what the SDK would POST)")
+    explain.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    explain.add_argument("--dialect", choices=list(DIALECTS),
+                         help="the body's API (default: told from the body's shape)")
+    explain.add_argument("--json", action="store_true",
+                         help="print the whole report as JSON (the rewritten request included) instead of a table")
     explain.set_defaults(run=_explain)
 
-    parallel = commands.add_parser("run-parallel", help="run a task graph (as POST /_ctxwarden/parallel takes)")
-    parallel.add_argument("file", help='{"tasks": [...]} as JSON')
-    parallel.add_argument("--config", help="config XML (default: the shipped default config)")
-    parallel.add_argument("--output", help="JSONL file for the results (default: standard output)")
+    parallel = commands.add_parser(
+        "run-parallel", help="run a task graph (as POST /_ctxwarden/parallel takes)",
+        description="Run a task graph in process, with a progress bar on stderr; exit 0 when every task is ok.")
+    parallel.add_argument("file", metavar="FILE", help='the task graph, {"tasks": [...]}, as JSON')
+    parallel.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    parallel.add_argument("--output", metavar="FILE", help="JSONL file for the results (default: standard output)")
     parallel.set_defaults(run=_run_parallel)
     return parser
 

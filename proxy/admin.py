@@ -34,7 +34,8 @@ from .upstream import UpstreamClient
 log = logging.getLogger("ctxwarden")
 
 class Proxy(Protocol):
-    """What the admin endpoints read of the running proxy (app.Proxy): the current config and its parts."""
+    """What the admin endpoints read of the running proxy (app.Proxy): the config in effect, its
+    parts, and the settings a reloaded file changed that take effect on restart."""
 
     @property
     def config(self) -> Config: ...
@@ -42,6 +43,7 @@ class Proxy(Protocol):
     client: UpstreamClient | None
     telemetry: Telemetry
     reloader: ConfigReloader | None
+    restart_required: tuple[str, ...]
 
 
 OPEN_PATHS = frozenset({"/_ctxwarden/health", "/_ctxwarden/ready", "/_ctxwarden/parallel"})
@@ -73,6 +75,17 @@ class AdminToken:
         await self.app(scope, receive, send)
 
 
+def unset_token_warning(config: Config) -> str | None:
+    """Why the admin endpoints are open although the config names a token:
+    its variable is unset or empty (a warning, not a refusal: the probes and
+    a loopback-only proxy may want them open)."""
+    env = config.admin.token_env
+    if env is None or os.environ.get(env):
+        return None
+    return (f"<admin token_env> names {env}, which is not set: the admin endpoints (config, stats, dashboard, "
+            f"explain, metrics) are open to anyone who reaches the port")
+
+
 def _given_token(request: Request) -> str:
     auth = request.headers.get("authorization", "")
     bearer = auth[7:] if auth.lower().startswith("bearer ") else ""
@@ -100,7 +113,7 @@ def admin_routes(proxy: Proxy) -> list[Route]:
         return JSONResponse({"status": "ready"})
 
     async def effective_config(request: Request) -> Response:
-        return JSONResponse(proxy.config.describe())
+        return JSONResponse({**proxy.config.describe(), "restart_required": list(proxy.restart_required)})
 
     async def metrics(request: Request) -> Response:
         return Response(proxy.telemetry.metrics.render(), media_type=proxy.telemetry.metrics.content_type)

@@ -29,7 +29,7 @@ from .observability.logs import configure_logging, reapply_logging
 from .observability.shared import SharedDir
 from .parallel.endpoint import serve_run
 from .parallel.gate import UpstreamGate
-from .reload import ConfigReloader
+from .reload import ConfigReloader, in_effect
 from .tokens import get_encoding
 from .upstream import UpstreamClient
 
@@ -54,6 +54,8 @@ class Proxy:
         self.gateway: Gateway | None = None
         self.initial_config = config
         self.reloader: ConfigReloader | None = None
+        # start-only settings the last reloaded file changes (reload.in_effect)
+        self.restart_required: tuple[str, ...] = ()
 
     async def start(self) -> None:
         config = self.initial_config
@@ -85,9 +87,14 @@ class Proxy:
         upstream URLs and keys included (a Gateway is never changed, only
         replaced). Raises ConfigError, changing nothing, when a key is unset."""
         assert self.client is not None and self.gate is not None
+        config, restart_required = in_effect(self.initial_config, config)
         gateway = Gateway.build(config, self.client, self.telemetry, self.cache, self.listen_host)
-        self.gate.reconfigure(self.initial_config.server.max_connections, config.parallel_execution.resource_limit)
+        self.gate.reconfigure(config.server.max_connections, config.parallel_execution.resource_limit)
         self.gateway = gateway
+        self.restart_required = restart_required
+        if restart_required:
+            log.warning("the reloaded file changes settings read only at start; they take effect on restart: %s",
+                        ", ".join(restart_required))
         reapply_logging(config.logging)
 
     @property

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from .config import Config, TokenManagement
-from .dialects import get_dialect, request_tokens
+from .dialects import Dialect, get_dialect, request_tokens
 from .errors import BadRequest
 from .pipeline import ConversationState, RewritePlan, explain_turn, rewrite_turn
 from .pipeline.rollout import conversation_bucket
@@ -65,11 +65,9 @@ class ChatRequest:
         return headers
 
 
-def requested_output(body: dict) -> int | None:
+def requested_output(body: dict, dialect: str) -> int | None:
     """The output tokens the request asks room for, or None when it names none."""
-    output = body.get("max_completion_tokens")
-    if output is None:
-        output = body.get("max_tokens")
+    output = next((body[f] for f in get_dialect(dialect).output_fields if body.get(f) is not None), None)
     return output if isinstance(output, int) and not isinstance(output, bool) and output >= 0 else None
 
 
@@ -84,7 +82,7 @@ def budget_for(tokens: TokenManagement, body: dict, dialect: str) -> int:
     window = tokens.context_window_for(model)
     if not window:
         return tokens.budget
-    output = requested_output(body)
+    output = requested_output(body, dialect)
     if output is None:
         output = tokens.max_output_for(model) or 0
     room = int((window - output) * (1 - tokens.margin_for(model, dialect)))
@@ -104,24 +102,20 @@ def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing, dialect:
     )
 
 
-def parse_chat_body(raw: bytes) -> dict:
+def parse_chat_body(raw: bytes, dialect: Dialect) -> dict:
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise BadRequest("'model' is required and must be a non-empty string")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' is required and must be a non-empty array")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(f"messages[{i}] must be an object with a string 'role'")
+    dialect.check_body(body)
     return body
 
 
 def rewrite_applies(tokens: TokenManagement, dialect: str, body: dict) -> bool:
-    """Whether this conversation goes through the pipeline at all (mode, rollout)."""
-    if tokens.rewrite_mode == "off":
+    """Whether this conversation goes through the pipeline at all (mode, rollout,
+    and the dialect: not when the server holds the conversation)."""
+    if tokens.rewrite_mode == "off" or get_dialect(dialect).unmanaged(body):
         return False
     return tokens.rollout_percent >= 100 or conversation_bucket(body, dialect) < tokens.rollout_percent
 
@@ -142,11 +136,14 @@ def prepare_chat(tokens: TokenManagement, dialect: str, raw: bytes, body: dict, 
 
     `state`: what was stored for this conversation (see `pipeline.conversation_keys`);
     the result is the same without it, only slower."""
-    plan = rewrite_plan(tokens, body, pricing or get_dialect(dialect).default_pricing, dialect)
+    wire = get_dialect(dialect)
+    plan = rewrite_plan(tokens, body, pricing or wire.default_pricing, dialect)
     if not rewrite_applies(tokens, dialect, body):
-        count = request_tokens(body, get_dialect(dialect), plan.encoding)
-        return ChatRequest(dialect, body, raw, count, count,
-                           "off" if tokens.rewrite_mode == "off" else "excluded")
+        count = request_tokens(body, wire, plan.encoding)
+        if tokens.rewrite_mode == "off":
+            return ChatRequest(dialect, body, raw, count, count, "off")
+        reason = wire.unmanaged(body)
+        return ChatRequest(dialect, body, raw, count, count, "unchanged" if reason else "excluded", reason)
     try:
         outcome = rewrite_turn(body, dialect, plan, state, keys)
     except Exception:
@@ -175,6 +172,7 @@ def prepare_chat(tokens: TokenManagement, dialect: str, raw: bytes, body: dict, 
 
 def explain_request(config: Config, dialect: str, raw: bytes) -> dict:
     """What the rewrite does to a request, priced as the upstream it would go to bills."""
-    body = parse_chat_body(raw)
-    pricing = Router(config.upstreams).choose(dialect, body["model"]).pricing_for(body["model"])
+    wire = get_dialect(dialect)
+    body = parse_chat_body(raw, wire)
+    pricing = Router(config.upstreams).choose(wire.upstream, body["model"]).pricing_for(body["model"])
     return explain_turn(body, dialect, rewrite_plan(config.token_management, body, pricing, dialect))

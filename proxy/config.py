@@ -63,7 +63,7 @@ class TokenManagement:
     budget: int = 200_000
     compression_threshold: float = 0.7
     pruning_distance: int = 3
-    tier_shares: tuple[int, int, int, int] = (20, 40, 30, 10)
+    tier_shares: tuple[int, int, int, int] = (20, 20, 50, 10)
     critical_overflow: str = "fit"
     # the most a compaction leaves of the room above the pinned head
     low_water: float = 0.35
@@ -222,6 +222,40 @@ class Timeouts:
     pool: float = 10.0
 
 
+# What a <retry on> list may name besides status codes: a failed connection
+# (refused, reset or closed before any answer, or not made within
+# connect_timeout) and a read timeout before the answer's headers.
+RETRY_ERRORS = ("connect", "timeout")
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """`<retry>` of an upstream: how often a failed call to it is repeated
+    (proxy/retrying.py). Off by default: the official SDKs already retry."""
+
+    attempts: int = 0
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+    # "429", "5xx", any 4xx/5xx code, "connect", "timeout"; also what makes a fallback take over
+    on: tuple[str, ...] = ("429", "5xx", "connect")
+
+    def covers(self, reason: str) -> bool:
+        """Whether a failure (a status code's digits, or one of RETRY_ERRORS) is one to retry."""
+        return reason in self.on or ("5xx" in self.on and len(reason) == 3 and reason.startswith("5"))
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """An upstream tried when the one it belongs to fails in a way its <retry on> names;
+    with `model`, only for requests whose model matches that glob."""
+
+    upstream: str
+    model: str | None = None
+
+    def serves(self, model: str | None) -> bool:
+        return self.model is None or (model is not None and fnmatch.fnmatchcase(model, self.model))
+
+
 @dataclass(frozen=True)
 class Upstream:
     name: str
@@ -239,6 +273,9 @@ class Upstream:
     pricing: Pricing = None  # type: ignore[assignment]
     # (model glob, pricing) in config order; the first match wins.
     model_pricing: tuple[tuple[str, Pricing], ...] = ()
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    # tried in order when this upstream fails as `retry.on` says
+    fallbacks: tuple[Fallback, ...] = ()
     # The <upstream> element's line, for config issues found after parsing.
     line: int | None = field(default=None, compare=False, repr=False)
 
@@ -567,9 +604,57 @@ def _build_upstreams(node, source: str, issues: list[ConfigIssue]) -> tuple[Upst
             ca_bundle=_ca_bundle(u, source, issues),
             pricing=pricing,
             model_pricing=model_pricing,
+            retry=_build_retry(u, source, issues),
+            fallbacks=tuple(Fallback(f.get("upstream"), f.get("model")) for f in u.findall("fallback")),
             line=u.sourceline,
         ))
+    _check_fallbacks(node, upstreams, source, issues)
     return tuple(upstreams)
+
+
+def _build_retry(upstream, source: str, issues: list[ConfigIssue]) -> RetrySettings:
+    nodes = upstream.findall("retry")
+    d = RetrySettings()
+    if not nodes:
+        return d
+    for extra in nodes[1:]:
+        # The XSD cannot say "at most one" inside the children's free order.
+        issues.append(ConfigIssue(source, extra.sourceline, "an upstream has at most one <retry>; "
+                                                            f"the first is on line {nodes[0].sourceline}"))
+    node = nodes[0]
+    retry = RetrySettings(
+        attempts=int(node.get("attempts", d.attempts)),
+        backoff=float(node.get("backoff", d.backoff)),
+        max_backoff=float(node.get("max_backoff", d.max_backoff)),
+        on=tuple(node.get("on").split()) if node.get("on") is not None else d.on,
+    )
+    if retry.max_backoff < retry.backoff:
+        issues.append(ConfigIssue(source, node.sourceline, f"<retry>: max_backoff={retry.max_backoff:g} must "
+                                                           f"not be less than backoff={retry.backoff:g}"))
+    return retry
+
+
+def _check_fallbacks(node, upstreams: list[Upstream], source: str, issues: list[ConfigIssue]) -> None:
+    """Each <fallback> names another upstream of the same dialect, once per upstream."""
+    by_name = {u.name: u for u in upstreams}
+    for element, upstream in zip(node.findall("upstream"), upstreams):
+        seen: set[tuple[str, str | None]] = set()
+        for f in element.findall("fallback"):
+            name, model = f.get("upstream"), f.get("model")
+            other = by_name.get(name)
+            if other is None:
+                problem = f"names no configured upstream; known: {', '.join(sorted(by_name))}"
+            elif other is upstream:
+                problem = "names the upstream it belongs to"
+            elif other.dialect != upstream.dialect:
+                problem = (f"speaks {other.dialect}, not {upstream.dialect} like upstream {upstream.name!r}: "
+                           "a fallback gets the same request bytes")
+            elif (name, model) in seen:
+                problem = "is listed twice"
+            else:
+                seen.add((name, model))
+                continue
+            issues.append(ConfigIssue(source, f.sourceline, f"<fallback upstream={name!r}> {problem}"))
 
 
 # Where an unset <pricing> attribute takes its value from, by the element's @cache.

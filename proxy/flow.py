@@ -37,8 +37,9 @@ async def chat(context: Context, request: Incoming, raw: bytes, dialect: Dialect
                opened: OpenTap, slot: Slot | None = None) -> Response:
     started = time.perf_counter()
     large = len(raw) > OFFLOAD_BODY_BYTES
-    body = await _call(large, parse_chat_body, raw)
-    target = context.routes.route(dialect.name, body["model"])
+    body = await _call(large, parse_chat_body, raw, dialect)
+    record.model = body["model"]
+    target = context.routes.route(dialect.upstream, body["model"])
     rewritten = await rewrite(context, request, raw, body, dialect, target.upstream)
     record.rewrite_seconds = time.perf_counter() - started
     record.rewrite, record.rewrite_reason = rewritten.rewrite, rewritten.reason
@@ -52,7 +53,7 @@ async def chat(context: Context, request: Incoming, raw: bytes, dialect: Dialect
 
     async def upstream() -> httpx.Response:
         return await send(context.client, record, target, request, rewritten.content, slot,
-                          context.config.server.slot_timeout)
+                          context.config.server.slot_timeout, context.routes.fallbacks(target, body["model"]))
 
     if policy.key is None:
         record.cache = "bypass"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 
 import httpx
 
@@ -11,6 +12,7 @@ from .errors import NoSlot
 from .incoming import Incoming
 from .observability.record import RequestRecord
 from .parallel.gate import UpstreamGate
+from .retrying import call_with_retries
 from .routing import Target
 from .upstream import UpstreamClient
 
@@ -42,15 +44,21 @@ class Slot:
 
 
 async def send(client: UpstreamClient, record: RequestRecord, target: Target, request: Incoming,
-               content: bytes | None, slot: Slot | None, slot_timeout: float) -> httpx.Response:
+               content: bytes | None, slot: Slot | None, slot_timeout: float,
+               fallbacks: tuple[Target, ...] = ()) -> httpx.Response:
     """The upstream's answer (headers read, body not yet), once the request
-    holds its slot; the record learns where it went and how long it took."""
+    holds its slot, retried and handed to `fallbacks` as their configs say
+    (retrying.py), all under that one slot; the record learns where it went
+    and how long it took, retries and their waits included."""
     if slot is not None:
         await slot.take(slot_timeout)
-    record.upstream = target.name
     started = time.perf_counter()
     record.overhead_seconds = started - record.started
+
+    def call(chosen: Target) -> Awaitable[httpx.Response]:
+        return client.send(chosen, request.method, request.path, request.query, request.headers, content)
+
     try:
-        return await client.send(target, request.method, request.path, request.query, request.headers, content)
+        return await call_with_retries((target, *fallbacks), call, record)
     finally:
         record.upstream_seconds = time.perf_counter() - started

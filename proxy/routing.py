@@ -98,6 +98,16 @@ class Routes:
         chosen = self.router.choose(dialect, model)
         return next(t for t in self.targets if t.upstream is chosen)
 
+    def fallbacks(self, target: Target, model: str | None) -> tuple[Target, ...]:
+        """The targets tried in turn when `target` fails: its <fallback> list,
+        those whose model glob (if any) matches `model`, each once. Each comes
+        with its own key, so no upstream ever gets another's injected key."""
+        if not target.upstream.fallbacks:
+            return ()
+        by_name = {t.name: t for t in self.targets}
+        names = dict.fromkeys(f.upstream for f in target.upstream.fallbacks if f.serves(model))
+        return tuple(by_name[name] for name in names)
+
 
 def api_key(upstream: Upstream) -> str | None:
     if upstream.api_key_env is None:

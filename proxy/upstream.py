@@ -18,6 +18,7 @@ from .config import ServerSettings, Upstream
 from .dialects import Dialect, get_dialect
 from .errors import BadPath, UpstreamTimeout, UpstreamUnavailable
 from .observability.record import RequestRecord
+from .retrying import attempts_header
 from .routing import Target
 from .transport import AiohttpTransport
 
@@ -205,9 +206,12 @@ async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes
     """The client's response to an upstream answer.
 
     `stream_error_dialect`: for chat routes, the dialect whose error event ends
-    an SSE stream the upstream broke off. `record` learns of a broken stream.
+    an SSE stream the upstream broke off. `record` learns of a broken stream,
+    and says how many calls the answer took (retrying.attempts_header).
     """
     upstream_headers = response_headers(response.headers.raw)
+    if record is not None:
+        extra_headers = extra_headers + attempts_header(record.attempts)
     length = response.headers.get("content-length")
     if length is not None and int(length) <= WHOLE_BODY_LIMIT:
         try:

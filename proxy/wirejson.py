@@ -66,9 +66,13 @@ def _whole(raw: bytes) -> Any:
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
 
 
+# the conversations' lists (chat ``messages``, Responses ``input``): the bulk of a big body
+_LISTS_IN_PIECES = frozenset({"messages", "input"})
+
+
 def _in_pieces(raw: bytes) -> Any:
     """``json.loads(raw)`` for a body that is an object, with each of its
-    values, and each item of its ``messages`` list, parsed by a call of its
+    values, and each item of its ``messages`` or ``input`` list, parsed by a call of its
     own: one call over a 30 MB body holds the GIL for a few hundred ms, and a
     worker thread parsing it would stall the event loop that long.  Raises
     ValueError where the body is anything else (or not JSON)."""
@@ -90,7 +94,7 @@ def _in_pieces(raw: bytes) -> Any:
             if text[i:i + 1] != ":":
                 raise ValueError("':' expected")
             i = skip(text, i + 1).end()
-            if key == "messages" and text[i:i + 1] == "[":
+            if key in _LISTS_IN_PIECES and text[i:i + 1] == "[":
                 body[key], i = _list_in_pieces(text, i)
             else:
                 body[key], i = value(text, i)

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Install the system packages some tests need, only where missing (Debian/Ubuntu):
 #
-#   redis-server     tests of the Redis cache backend
+#   redis-server     tests of the Redis cache backend (they start their own)
 #   chromium         tests/browser: the dashboard in a real headless browser
-#   chromium-driver  (chromedriver, for a Selenium fallback)
 #   prometheus       promtool, for tests/deploy/test_alerts.py
+#
+# The tests start redis-server themselves and use only promtool, so the boot
+# services these packages come with are kept from starting while they install
+# (policy-rc.d) and are disabled afterwards: nothing keeps running on the
+# machine or starts again at its next boot.
 #
 # Idempotent: with everything present it changes nothing and exits 0 (no
 # `apt-get update`). Otherwise it runs `apt-get update` once and installs just
@@ -14,7 +18,8 @@
 # packages then skip themselves).
 set -euo pipefail
 
-PACKAGES=(redis-server chromium chromium-driver prometheus)
+PACKAGES=(redis-server chromium prometheus)
+SERVICES=(redis-server prometheus)   # boot services those packages install
 
 if [[ "${CTXWARDEN_SKIP_SYSTEM_DEPS:-}" == "1" ]]; then
   echo "system_deps: skipped (CTXWARDEN_SKIP_SYSTEM_DEPS=1)"
@@ -48,6 +53,22 @@ else
 fi
 
 echo "system_deps: installing ${missing[*]}"
+# Debian's invoke-rc.d and deb-systemd-invoke ask /usr/sbin/policy-rc.d before
+# starting a service; exit code 101 means "not now". One that was there before
+# is put back afterwards.
+POLICY=${CTXWARDEN_POLICY_RC_D:-/usr/sbin/policy-rc.d}
+saved=""
+if [[ -e "$POLICY" ]]; then
+  saved=$(mktemp)
+  "${as_root[@]}" cp -p "$POLICY" "$saved"
+fi
+restore_policy() {
+  if [[ -n "$saved" ]]; then "${as_root[@]}" mv "$saved" "$POLICY"; else "${as_root[@]}" rm -f "$POLICY"; fi
+}
+trap restore_policy EXIT
+printf '#!/bin/sh\nexit 101\n' | "${as_root[@]}" tee "$POLICY" >/dev/null
+"${as_root[@]}" chmod 0755 "$POLICY"
+
 export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -56,6 +77,16 @@ for pkg in "${missing[@]}"; do
   if ! installed "$pkg"; then
     echo "system_deps: $pkg did not install" >&2
     exit 1
+  fi
+done
+# Disabled as boot services, those this run installed only (a service the
+# machine had before is its owner's business).
+for svc in "${SERVICES[@]}"; do
+  [[ " ${missing[*]} " == *" $svc "* ]] || continue
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+    "${as_root[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  elif command -v update-rc.d >/dev/null 2>&1; then
+    "${as_root[@]}" update-rc.d "$svc" disable >/dev/null 2>&1 || true
   fi
 done
 echo "system_deps: done"

@@ -14,6 +14,11 @@ request headers the proxy forwards untouched:
                                  without the terminating chunk
     x-fake-gzip: 1               gzip the answer even when the request does not
                                  accept it (Content-Encoding: gzip)
+    x-fake-script: 503,429       answer the first, second, ... request carrying the
+    x-fake-script-id: ID         same ID (any path, any fake: a fallback fake goes
+                                 on counting) with these statuses, later ones as usual
+    x-fake-retry-after: VALUE    the Retry-After / retry-after-ms a scripted status
+    x-fake-retry-after-ms: MS    carries (none unless given)
 
 JSON answers are gzipped whenever the request's Accept-Encoding accepts gzip,
 as the real APIs do (httpx and the SDKs send it and decode transparently);
@@ -22,7 +27,7 @@ event streams and downloads are not.
                                  chunked, or with Content-Length when
                                  x-fake-response-framing: length
 
-Routes: POST /v1/chat/completions, POST /v1/messages, GET /v1/models,
+Routes: POST /v1/chat/completions, POST /v1/messages, POST /v1/responses, GET /v1/models,
 POST /v1/embeddings, POST /v1/files, and a catch-all echo for anything else.
 
     fake = create_fake_upstream(name="main")
@@ -57,6 +62,28 @@ from starlette.types import Receive, Scope, Send
 from tests.strict_wire import chat_problems, describe
 
 CREATED = 1_700_000_000  # fixed so that answers are byte-for-byte reproducible
+
+
+class Scripts:
+    """How many requests of each x-fake-script-id were seen, over every fake
+    in the process (a proxy falling back to another fake continues the script)."""
+
+    _lock = threading.Lock()
+    _seen: dict[str, int] = {}
+
+    @classmethod
+    def step(cls, script: str, script_id: str) -> int | None:
+        """The status this request is scripted to get, or None past the script's end."""
+        with cls._lock:
+            index = cls._seen.get(script_id, 0)
+            cls._seen[script_id] = index + 1
+        steps = [int(s) for s in script.split(",") if s.strip()]
+        return steps[index] if index < len(steps) else None
+
+    @classmethod
+    def seen(cls, script_id: str) -> int:
+        with cls._lock:
+            return cls._seen.get(script_id, 0)
 
 
 class FakeReset(Exception):
@@ -242,6 +269,48 @@ def _tool_args(schema: Any) -> dict[str, Any]:
             else:
                 out[name] = None
     return out
+
+
+def _responses_text(content: Any) -> str:
+    """Text of a Responses message's content or a call's output (string or parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _responses_events(answer: dict, pieces: list[str], n: int | None) -> list[bytes]:
+    """The events of a Responses stream of ``answer``, its text in ``pieces``, as the API sends them."""
+    events: list[bytes] = []
+
+    def event(kind: str, **fields: Any) -> None:
+        events.append(_sse_event(kind, {"type": kind, "sequence_number": len(events), **fields}))
+
+    started = {**answer, "status": "in_progress", "output": [], "usage": None}
+    event("response.created", response=started)
+    event("response.in_progress", response=started)
+    for index, item in enumerate(answer["output"]):
+        ids = {"item_id": item["id"], "output_index": index}
+        if item["type"] == "function_call":
+            event("response.output_item.added", output_index=index,
+                  item={**item, "status": "in_progress", "arguments": ""})
+            for fragment in _split(item["arguments"], n or 4):
+                event("response.function_call_arguments.delta", **ids, delta=fragment)
+            event("response.function_call_arguments.done", **ids, arguments=item["arguments"])
+        else:
+            event("response.output_item.added", output_index=index,
+                  item={**item, "status": "in_progress", "content": []})
+            part = item["content"][0]
+            event("response.content_part.added", **ids, content_index=0,
+                  part={"type": "output_text", "annotations": [], "logprobs": [], "text": ""})
+            for piece in pieces:
+                event("response.output_text.delta", **ids, content_index=0, delta=piece, logprobs=[])
+            event("response.output_text.done", **ids, content_index=0, text=part["text"], logprobs=[])
+            event("response.content_part.done", **ids, content_index=0, part=part)
+        event("response.output_item.done", output_index=index, item=item)
+    event("response.completed", response=answer)
+    return events
 
 
 def _split(s: str, n: int) -> list[str]:
@@ -503,6 +572,7 @@ class FakeUpstream:
             routes=[
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route("/v1/messages", self.messages, methods=["POST"]),
+                Route("/v1/responses", self.responses, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/embeddings", self.embeddings, methods=["POST"]),
                 Route("/v1/files", self.files, methods=["POST"]),
@@ -543,10 +613,16 @@ class FakeUpstream:
         if delay:
             await asyncio.sleep(delay)
         status = _int_header(request, "x-fake-status")
+        headers = self._headers(body)
+        script = request.headers.get("x-fake-script")
+        if script:
+            status = Scripts.step(script, request.headers.get("x-fake-script-id", ""))
+            for name in ("retry-after", "retry-after-ms"):
+                if f"x-fake-{name}" in request.headers:
+                    headers[name] = request.headers[f"x-fake-{name}"]
+        elif status == 429:
+            headers["retry-after"] = "1"
         if status:
-            headers = self._headers(body)
-            if status == 429:
-                headers["retry-after"] = "1"
             return Response(
                 error_body(_dialect(request), status),
                 status_code=status,
@@ -846,6 +922,60 @@ class FakeUpstream:
         )
         events.append(_sse_event("message_stop", {"type": "message_stop"}))
         return self._stream(request, events, headers)
+
+    # -- OpenAI responses
+
+    async def responses(self, request: Request) -> Response:
+        body = await self._record(request)
+        fault = await self._faults(request, body)
+        if fault is not None:
+            return fault
+        data, err = await self._parse(request, body)
+        if err is not None:
+            return err
+        problems = chat_problems("responses", data)
+        if problems:
+            return self._bad_request(request, "fake upstream (strict): " + describe(problems))
+        items = data.get("input")
+        items = [{"role": "user", "content": items}] if isinstance(items, str) else items or []
+        last = items[-1] if items else {}
+        n = _int_header(request, "x-fake-chunks")
+        tools = [t for t in data.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"]
+        rid = _sha(body)[:24]
+        output: list[dict[str, Any]] = []
+        if last.get("type") == "function_call_output":
+            pieces = reply_pieces("tool result " + _responses_text(last.get("output")), n)
+        else:
+            pieces = reply_pieces(_responses_text(last.get("content")), n)
+        if tools and last.get("role") == "user" and "call a tool" in _responses_text(last.get("content")).lower():
+            output.append({"id": "fc_" + rid, "type": "function_call", "status": "completed",
+                           "arguments": json.dumps(_tool_args(tools[0].get("parameters"))),
+                           "call_id": "call_fake_" + rid[:12], "name": tools[0].get("name", "tool")})
+        else:
+            output.append({"id": "msg_" + rid, "type": "message", "status": "completed", "role": "assistant",
+                           "content": [{"type": "output_text", "annotations": [], "logprobs": [],
+                                        "text": "".join(pieces)}]})
+        prompt_text = " ".join([data.get("instructions") or ""] + [
+            _responses_text(i.get("content", i.get("output", i.get("arguments")))) for i in items if isinstance(i, dict)])
+        input_tokens, output_tokens = _approx_tokens(prompt_text), len(pieces)
+        answer = {
+            "id": "resp_" + rid, "object": "response", "created_at": CREATED, "status": "completed",
+            "background": False, "error": None, "incomplete_details": None,
+            "instructions": data.get("instructions"), "max_output_tokens": data.get("max_output_tokens"),
+            "model": data["model"], "output": output, "parallel_tool_calls": True,
+            "previous_response_id": data.get("previous_response_id"), "reasoning": {"effort": None, "summary": None},
+            "store": data.get("store", True), "temperature": data.get("temperature", 1.0),
+            "text": {"format": {"type": "text"}}, "tool_choice": data.get("tool_choice", "auto"),
+            "tools": data.get("tools") or [], "top_p": 1.0, "truncation": "disabled",
+            "usage": {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                      "total_tokens": input_tokens + output_tokens},
+            "user": None, "metadata": data.get("metadata") or {},
+        }
+        headers = self._headers(body)
+        if not data.get("stream"):
+            return _json(answer, headers=headers)
+        return self._stream(request, _responses_events(answer, pieces, n), headers)
 
     # -- models, embeddings, files
 

@@ -20,6 +20,13 @@ Sources for the rules (the providers' own 400 messages, quoted in the reasons):
   text", "all messages must have non-empty content except for the optional
   final assistant message", "A maximum of 4 blocks with cache_control may be
   provided", no cache_control on thinking blocks, ``max_tokens`` required.
+- OpenAI Responses: "Missing required parameter: 'model'", ``input`` a string
+  or an array of items, message roles user / assistant / system / developer
+  with the part types each allows, "No tool call found for function call
+  output with call_id ...", "No tool output found for function call ...",
+  "Item '...' of type 'reasoning' was provided without its required following
+  item" (the pairing rules only when the request carries the whole history:
+  no ``previous_response_id`` or ``conversation``).
 """
 from __future__ import annotations
 
@@ -327,10 +334,83 @@ def anthropic_messages_problems(body: dict) -> list[str]:
     return problems
 
 
+# ---------------------------------------------------------------- OpenAI Responses
+
+RESPONSES_ROLES = ("assistant", "system", "developer", "user")
+RESPONSES_PART_TYPES: dict[str, frozenset[str]] = {
+    "user": frozenset({"input_text", "input_image", "input_file"}),
+    "system": frozenset({"input_text"}),
+    "developer": frozenset({"input_text"}),
+    "assistant": frozenset({"output_text", "refusal"}),
+}
+
+
+def _responses_item_problems(where: str, item: Any) -> list[str]:
+    if not isinstance(item, dict):
+        return [f"Invalid type for '{where}': expected an input item object"]
+    kind = item.get("type", "message" if "role" in item else None)
+    if kind == "message":
+        role = item.get("role")
+        if role not in RESPONSES_ROLES:
+            return [f"Invalid value for '{where}.role': {role!r}. Supported values are: {', '.join(RESPONSES_ROLES)}"]
+        content = item.get("content")
+        if isinstance(content, str):
+            return []
+        if not isinstance(content, list):
+            return [f"Invalid type for '{where}.content': expected a string or an array of content parts"]
+        return [f"Invalid value for '{where}.content[{j}].type' (role {role})" for j, part in enumerate(content)
+                if not isinstance(part, dict) or part.get("type") not in RESPONSES_PART_TYPES[role]]
+    if kind == "function_call":
+        return [f"Missing required parameter: '{where}.{f}'" for f in ("call_id", "name", "arguments")
+                if not isinstance(item.get(f), str)]
+    if kind == "function_call_output":
+        problems = [] if isinstance(item.get("call_id"), str) else [f"Missing required parameter: '{where}.call_id'"]
+        if not isinstance(item.get("output"), (str, list)):
+            problems.append(f"Invalid type for '{where}.output'")
+        return problems
+    if not isinstance(kind, str):
+        return [f"Missing required parameter: '{where}.type'"]
+    return []
+
+
+def openai_responses_problems(body: Any) -> list[str]:
+    if not isinstance(body, dict):
+        return ["body must be a JSON object"]
+    problems: list[str] = []
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        problems.append("Missing required parameter: 'model'.")
+    items = body.get("input")
+    if items is None or isinstance(items, str):
+        return problems
+    if not isinstance(items, list):
+        return problems + ["Invalid type for 'input': expected one of a string or array of input items"]
+    for i, item in enumerate(items):
+        problems.extend(_responses_item_problems(f"input[{i}]", item))
+    if problems or body.get("previous_response_id") is not None or body.get("conversation") is not None:
+        return problems
+    calls: dict[str, bool] = {}     # call_id -> answered
+    for i, item in enumerate(items):
+        kind = item.get("type")
+        if kind == "function_call":
+            calls[item["call_id"]] = False
+        elif kind == "function_call_output":
+            if item["call_id"] not in calls:
+                problems.append(f"No tool call found for function call output with call_id {item['call_id']}.")
+            calls[item["call_id"]] = True
+        elif kind == "reasoning" and (i + 1 == len(items) or items[i + 1].get("type") == "function_call_output"):
+            problems.append(f"Item {item.get('id')!r} of type 'reasoning' was provided without its required "
+                            f"following item.")
+    problems.extend(f"No tool output found for function call {call_id}."
+                    for call_id, answered in calls.items() if not answered)
+    return problems
+
+
 def chat_problems(dialect: str, body: Any) -> list[str]:
-    """The validator of ``dialect`` ("openai" | "anthropic") applied to ``body``."""
+    """The validator of ``dialect`` ("openai" | "anthropic" | "responses") applied to ``body``."""
     if dialect == "anthropic":
         return anthropic_messages_problems(body)
+    if dialect == "responses":
+        return openai_responses_problems(body)
     return openai_chat_problems(body)
 
 
@@ -340,5 +420,6 @@ def describe(problems: list[str], limit: int = 3) -> str:
     return "; ".join(problems[:limit]) + more
 
 
-__all__ = ["openai_chat_problems", "anthropic_messages_problems", "chat_problems", "describe"]
+__all__ = ["openai_chat_problems", "anthropic_messages_problems", "openai_responses_problems", "chat_problems",
+           "describe"]
 

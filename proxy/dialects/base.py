@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import BadRequest
+
 if TYPE_CHECKING:
     from ..pricing import Pricing
 
@@ -46,6 +48,7 @@ class Message:
     segments: tuple = ()            # ((path, text), ...) editable plain-text leaves
     call_ids: tuple = ()            # tool-call ids this message makes
     result_ids: tuple = ()          # tool-call ids whose results this message carries
+    calls: tuple = ()               # the arguments of each call it makes (a string or a JSON value)
     opaque: bool = False            # images/documents/thinking: kept as is, never edited
     unknown: bool = False           # unknown role/shape: critical, never touched
 
@@ -81,9 +84,38 @@ def with_segments(msg: Message, texts: tuple, count_tokens: Callable[[Any], int]
                                text="\n".join(t for _, t in new_segments))
 
 
+# The Dialect functions of the dialects whose conversation is a ``messages`` list.
+
+def check_messages_body(body: dict) -> None:
+    """A non-empty ``messages`` array of objects with a string ``role``."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' is required and must be a non-empty array")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(f"messages[{i}] must be an object with a string 'role'")
+
+
+def no_reason(body: dict) -> str:
+    """The whole conversation is in the request: the rewrite may manage every one."""
+    return ""
+
+
+def messages_of(body: dict) -> list:
+    return body["messages"]
+
+
+def with_messages(body: dict, messages: list) -> dict:
+    return {k: (messages if k == "messages" else v) for k, v in body.items()}
+
+
 class Dialect(Protocol):
-    name: str                        # the config's upstream/@dialect, the label in logs and metrics
+    name: str                        # the label in logs and metrics
+    upstream: str                    # the config's upstream/@dialect of the upstreams that serve it
     chat_path: str                   # the chat endpoint the rewrite applies to
+    conversation_field: str          # the body's field holding the conversation (what the rewrite changes)
+    key_fields: tuple[str, ...]      # other fields that tell one conversation from another (with the model)
+    output_fields: tuple[str, ...]   # where a request names the output it asks room for, first found wins
     route: str                       # the route label of that endpoint
     sdk_key_env: str                 # where the provider's SDK reads its key
     default_pricing: Pricing         # how the provider bills input with its prompt cache
@@ -92,11 +124,28 @@ class Dialect(Protocol):
     required_headers: tuple[tuple[bytes, bytes], ...]   # what a request must carry (added when absent)
 
     # --- requests
+    def check_body(self, body: dict) -> None:
+        """Raise BadRequest when a parsed body (an object with a model) is not a
+        well-formed request of this dialect; nothing is sent upstream then."""
+
+    def unmanaged(self, body: dict) -> str:
+        """Why the rewrite must leave this request alone ("" when it may rewrite it)."""
+
+    def conversation(self, body: dict) -> list:
+        """The message list the rewrite works on (a checked body's)."""
+
+    def with_conversation(self, body: dict, messages: list) -> dict:
+        """``body`` carrying ``messages`` instead of its own conversation, every other field as it was."""
+
     def owns_path(self, path: str) -> bool:
         """The path is one of this provider's own endpoints."""
 
     def recognises(self, headers: Mapping[str, str]) -> bool:
         """The headers are what this provider's SDK sends on any path."""
+
+    def body_signs(self, body: dict) -> list[str]:
+        """What in a chat body only this provider's API takes, in words (empty:
+        nothing); for telling a body's dialect when no path or header says it."""
 
     def parse_message(self, index: int, wire: Any, encoding: str, tokens: int | None = None) -> Message:
         """One wire message as the rewrite sees it (never raises); ``tokens``: its

@@ -98,6 +98,11 @@ class Metrics:
             ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.upstream_errors = Counter("ctxwarden_upstream_errors", "Upstream failures by kind",
                                        ["upstream", "kind"], registry=r)
+        # reason: a status code, "connect" or "timeout" (retrying.py); upstream names come from the config
+        self.upstream_retries = Counter("ctxwarden_upstream_retries", "Upstream calls repeated after a failure, "
+                                        "by upstream and reason", ["upstream", "reason"], registry=r)
+        self.upstream_fallbacks = Counter("ctxwarden_upstream_fallbacks", "Requests handed from a failed upstream "
+                                          "to its next fallback", ["from", "to"], registry=r)
         self.in_flight = Gauge("ctxwarden_requests_in_flight", "Requests being answered",
                                registry=r, multiprocess_mode="livesum")
         self.parallel_tasks = Gauge("ctxwarden_parallel_tasks_in_flight", "Parallel tasks running",
@@ -132,8 +137,8 @@ class Metrics:
         # what observe() reports to, one _Children per labelled metric
         self._per_request = {name: _Children(getattr(self, name)) for name in (
             "requests", "request_seconds", "upstream_seconds", "proxy_overhead_seconds", "upstream_errors",
-            "tokens_before", "tokens_after", "tokens_saved", "rewrites", "cost_sent", "cost_passthrough",
-            "rewrite_seconds")}
+            "upstream_retries", "upstream_fallbacks", "tokens_before", "tokens_after", "tokens_saved", "rewrites",
+            "cost_sent", "cost_passthrough", "rewrite_seconds")}
 
     def observe(self, record: RequestRecord) -> None:
         m = self._per_request
@@ -144,6 +149,10 @@ class Metrics:
             m["proxy_overhead_seconds"](record.route).observe(record.overhead_seconds)
         if record.error_kind:
             m["upstream_errors"](record.upstream or "none", record.error_kind).inc()
+        for upstream, reason in record.retries:
+            m["upstream_retries"](upstream, reason).inc()
+        for failed, next_one in record.fallbacks:
+            m["upstream_fallbacks"](failed, next_one).inc()
         if record.tokens_before is not None and record.tokens_after is not None:
             m["tokens_before"](record.dialect).inc(record.tokens_before)
             m["tokens_after"](record.dialect).inc(record.tokens_after)

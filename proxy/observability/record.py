@@ -15,7 +15,8 @@ class RequestRecord:
     method: str
     path: str
     dialect: str = ""
-    upstream: str = ""
+    model: str = ""                 # a chat request's, as the client named it
+    upstream: str = ""              # the upstream called, once it is
     status: int = 0
     cache: str = "bypass"           # hit | miss | bypass
     rewrite: str = ""               # the chat rewrite decision, see chat.ChatRequest
@@ -27,6 +28,9 @@ class RequestRecord:
     tokens_after: int | None = None
     error_kind: str = ""            # set when the upstream failed: connect, timeout, broken_stream
     client: str = ""                # the name of the client key it came with (clientkeys.py), never the key
+    attempts: int = 0               # upstream calls made (retries and fallbacks included)
+    retries: list[tuple[str, str]] = field(default_factory=list)     # (upstream, reason) of each retry
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)   # (from, to) upstream names
     started: float = field(default_factory=time.perf_counter)
     rewrite_seconds: float = 0.0
     upstream_seconds: float = 0.0   # until the upstream's response headers

@@ -36,7 +36,8 @@ from ..errors import BadRequest
 from .templates import Template, scan
 
 DEFAULT_UPSTREAM_PATH = DEFAULT.chat_path
-CHAT_PATHS = tuple(d.chat_path for d in DIALECTS.values())
+# a task's placeholders are filled in its `messages`: the dialects whose conversation is one
+CHAT_PATHS = tuple(d.chat_path for d in DIALECTS.values() if d.conversation_field == "messages")
 TASK_FIELDS = ("id", "request", "depends_on", "upstream_path")
 MAX_ID_LENGTH = 128
 

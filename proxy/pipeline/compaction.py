@@ -66,19 +66,9 @@ def _args_summary(args: object) -> str:
 
 def calls_of(message: Message) -> list[str]:
     """The calls an assistant message makes, as their argument text: tool
-    calls (either dialect) and fenced commands in its text (agents that
-    speak plain text)."""
-    wire = message.wire if isinstance(message.wire, dict) else {}
-    calls = []
-    for call in wire.get("tool_calls") or ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            calls.append(_args_summary(function.get("arguments", "")))
-    content = wire.get("content")
-    if isinstance(content, list):
-        for block in content:
-            if isinstance(block, dict) and block.get("type") == "tool_use":
-                calls.append(_args_summary(block.get("input")))
+    calls (as its dialect parsed them) and fenced commands in its text
+    (agents that speak plain text)."""
+    calls = [_args_summary(arguments) for arguments in message.calls]
     for _, text in message.segments:
         calls.extend(code.strip() for code in _FENCE_RE.findall(text) if code.strip())
     return calls

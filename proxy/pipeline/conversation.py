@@ -60,8 +60,8 @@ class _Run:
 
     def __init__(self, body: dict, dialect: str, plan: RewritePlan):
         self.body = body
-        self.messages: list = body["messages"]
         self.dialect = get_dialect(dialect)
+        self.messages: list = self.dialect.conversation(body)
         self.plan = plan
         self.encoding = plan.encoding
         self.fixed_tokens = self.dialect.fixed_tokens(body, plan.encoding)
@@ -261,6 +261,15 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
         return _passthrough(body, tokens_before, "the rewrite would break an invariant: " + problems[0])
     return TurnOutcome(new_body, new_body is not body, decision, reason, tokens_before, tokens_after, state,
                        stable, cost_sent=costs[1], cost_passthrough=costs[0])
+
+
+def message_counts(body: dict, dialect: str, plan: RewritePlan) -> tuple[list[int], int]:
+    """Each original message's tokens as its dialect bills it, and where the
+    latest turn starts: the last message the user wrote (0 when none)."""
+    run = _Run(body, dialect, plan)
+    n = len(run.messages)
+    latest = next((i for i in reversed(range(n)) if run.user_wrote(i)), 0)
+    return [run.parsed(i).tokens for i in range(n)], latest
 
 
 def _passthrough(body: dict, tokens: int, reason: str, state: ConversationState | None = None) -> TurnOutcome:
@@ -544,6 +553,5 @@ def _render(run: _Run, state: ConversationState) -> tuple[dict, int]:
     stable = len(head) if state.note else 0
     if len(messages) == len(run.messages) and all(a is b for a, b in zip(messages, run.messages)):
         messages = run.messages
-    body = run.body if messages is run.messages else {
-        k: (messages if k == "messages" else v) for k, v in run.body.items()}
+    body = run.body if messages is run.messages else run.dialect.with_conversation(run.body, messages)
     return run.dialect.cache_hints(body, run.plan.pricing, stable, run.conversation), stable

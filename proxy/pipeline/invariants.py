@@ -29,9 +29,9 @@ def sent_tokens(sent: dict, wire, encoding: str, known: dict[int, int] | None = 
     (objects the caller holds, already counted) taking their count from it."""
     if not known:
         return request_tokens(sent, wire, encoding)
-    messages = sent.get("messages")
-    if not isinstance(messages, list):
+    if not isinstance(sent.get(wire.conversation_field), list):
         return request_tokens(sent, wire, encoding)
+    messages = wire.conversation(sent)
     count = known.get
     return wire.fixed_tokens(sent, encoding) + sum(
         n if (n := count(id(m))) is not None else wire.message_tokens(m, encoding) for m in messages)
@@ -46,14 +46,14 @@ def check_turn(body: dict, sent: dict, dialect: str, plan, tokens_after: int | N
     if [k for k in sent if k not in wire.hint_fields or k in body] != list(body):
         problems.append("top-level fields changed")
     for key, value in body.items():
-        if key != "messages" and sent.get(key) is not value:
+        if key != wire.conversation_field and sent.get(key) is not value:
             problems.append(f"top-level field {key!r} changed")
     actual = sent_tokens(sent, wire, plan.encoding, known)
     if actual > plan.budget:
         problems.append(f"over the budget: {actual} > {plan.budget} tokens")
     if tokens_after is not None and tokens_after < actual:
         problems.append(f"counted {tokens_after} tokens, the body has {actual}")
-    original, messages = body["messages"], sent["messages"]
+    original, messages = wire.conversation(body), wire.conversation(sent)
     if [_dumps(m) for m in wire.system_messages(original)] != [_dumps(m) for m in wire.system_messages(messages)]:
         problems.append("the system messages changed")
     if not wire.latest_user_kept(original, messages):

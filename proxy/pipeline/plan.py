@@ -36,7 +36,7 @@ class RewritePlan:
     budget: int
     compression_threshold: float = 0.7
     pruning_distance: int = 3
-    tier_shares: tuple[int, int, int, int] = (20, 40, 30, 10)
+    tier_shares: tuple[int, int, int, int] = (20, 20, 50, 10)
     critical_overflow: str = "fit"
     encoding: str = DEFAULT_ENCODING
     pricing: Pricing = field(default=OPENAI_PRICING)

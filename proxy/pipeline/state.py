@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..dialects import get_dialect
 from ..pricing import chain_bytes
 from ..wirejson import canonical, compact
 from .compaction import NoteEntry
@@ -54,11 +55,13 @@ def _key_bytes(value: Any) -> bytes:
 
 def conversation_keys(body: dict, dialect: str) -> list[str]:
     """``keys[i]`` identifies the conversation's original ``messages[:i+1]``
-    (with its model, system prompt and tools)."""
-    fixed = {k: body.get(k) for k in ("model", "system", "tools")}
+    (with its model and the dialect's other fields that set it apart: system
+    prompt, tools)."""
+    wire = get_dialect(dialect)
+    fixed = {k: body.get(k) for k in ("model", *wire.key_fields)}
     key = chain_bytes(VERSION, canonical(dialect) + _key_bytes(fixed))
     keys = []
-    for message in body["messages"]:
+    for message in wire.conversation(body):
         key = chain_bytes(key, _key_bytes(message))
         keys.append(key)
     return keys

@@ -10,15 +10,19 @@ bench/results/dashboard.png (+ dashboard-dark.png) for people to look at."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from ctxwarden.observability.record import RequestRecord
+from ctxwarden.observability.stats import MODELS_TRACKED, LiveStats
 from tests.conftest import serve_proxy
-from tests.servers import REPO_ROOT
+from tests.servers import REPO_ROOT, free_port
 
 CHROMIUM = Path(os.environ.get("CTXWARDEN_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -32,12 +36,16 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                        "scripts/system_deps.sh installs it)")
 
 
-def _config(upstream_url: str) -> str:
+def _config(upstream_url: str, dead_url: str | None = None) -> str:
     # budget 4000: a ~40k-token conversation gets rewritten, a short one does not.
+    # dead-* models go to `dead_url`, where nobody listens.
+    dead = (f'<upstream name="dead" dialect="openai" base_url="{dead_url}"><model>dead-*</model></upstream>'
+            if dead_url else "")
     return f"""<performance_optimization>
   <token_management><budget>4000</budget></token_management>
   <admin token_env="{ADMIN_ENV}"/>
   <upstreams>
+    {dead}
     <upstream name="openai" dialect="openai" base_url="{upstream_url}"/>
     <upstream name="anthropic" dialect="anthropic" base_url="{upstream_url}"/>
   </upstreams>
@@ -96,7 +104,7 @@ def _save(page, name: str, tmp_path: Path) -> Path:
 
 def test_dashboard_shows_live_figures(browser, fake_upstream_server, upstream, tmp_path, monkeypatch):
     monkeypatch.setenv(ADMIN_ENV, ADMIN_TOKEN)
-    with serve_proxy(_config(fake_upstream_server.url)) as url:
+    with serve_proxy(_config(fake_upstream_server.url, dead_url=f"http://127.0.0.1:{free_port()}")) as url:
         # Without the token the page itself is refused.
         assert httpx.get(url + "/_ctxwarden/dashboard").status_code == 401
 
@@ -118,60 +126,107 @@ def test_dashboard_shows_live_figures(browser, fake_upstream_server, upstream, t
             sent: list[httpx.Response] = []
             chat = lambda body, **h: sent.append(client.post("/v1/chat/completions", json=body, headers=h))  # noqa: E731
             chat({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]})
-            chat({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello again"}]})
+            # temperature 0: cacheable, a miss then a hit
+            chat({"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "again"}]})
+            chat({"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "again"}]})
             chat({"model": "gpt-4o-mini", "messages": _long_conversation("alpha")})
             sent.append(client.post("/v1/messages", json={"model": "claude-sonnet-4-5", "max_tokens": 64,
                                                           "messages": _long_conversation("beta")},
                                     headers={"anthropic-version": "2023-06-01"}))
+            # answered 500 by the upstream: relayed, not an upstream error
             chat({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "this one fails"}]},
                  **{"x-fake-status": "500"})
+            # routed to an upstream nobody listens on: an upstream error (connect)
+            chat({"model": "dead-1", "messages": [{"role": "user", "content": "anyone there?"}]})
             client.close()
 
-            assert [r.status_code for r in sent] == [200, 200, 200, 200, 500]
+            assert [r.status_code for r in sent] == [200, 200, 200, 200, 200, 500, 502]
+            assert [r.headers.get("x-ctxwarden-cache") for r in sent[:3]] == ["bypass", "miss", "hit"]
             rewrites = [r.headers.get("x-ctxwarden-rewrite") for r in sent]
-            assert rewrites[2] in ("compact", "append") and rewrites[3] in ("compact", "append"), rewrites
-            before = [int(r.headers["x-ctxwarden-tokens-before"]) for r in sent]
-            after = [int(r.headers["x-ctxwarden-tokens-after"]) for r in sent]
+            assert rewrites[3] in ("compact", "append") and rewrites[4] in ("compact", "append"), rewrites
+            assert all(r == "unchanged" for i, r in enumerate(rewrites[:6]) if i not in (3, 4)), rewrites
+            before = [int(r.headers["x-ctxwarden-tokens-before"]) for r in sent[:6]]
+            after = [int(r.headers["x-ctxwarden-tokens-after"]) for r in sent[:6]]
             saved = sum(before) - sum(after)
             assert saved > 0
 
             _wait_value(page, "#requests", str(len(sent)))
             _wait_value(page, "#tokens-saved", str(saved))
             _wait_value(page, "#upstream-errors", "1")
-            page.wait_for_function("document.querySelectorAll('#rewrites tbody tr').length === 5",
+            page.wait_for_function("document.querySelectorAll('#rewrites tbody tr').length === 2",
                                    timeout=TIMEOUT_MS)
             page.wait_for_function("Number(document.querySelector('#rps').dataset.value) > 0", timeout=TIMEOUT_MS)
 
-            assert page.text_content("#requests") == "5"
+            assert page.text_content("#requests") == str(len(sent))
             assert page.text_content("#tokens-saved") == f"{saved:,}"
+            # the 502 carries no token headers; it was counted (and sent unchanged) all the same
+            dead = int(page.get_attribute('#by-model tbody tr[data-name="dead-1"]', "data-tokens-before"))
+            assert page.get_attribute('#by-model tbody tr[data-name="dead-1"]', "data-tokens-after") == str(dead)
             ratio = float(_value(page, "#reduction-ratio"))
-            assert ratio == pytest.approx(1 - sum(after) / sum(before), abs=1e-4)
+            assert ratio == pytest.approx(1 - (sum(after) + dead) / (sum(before) + dead), abs=1e-4)
             assert page.text_content("#reduction-ratio") == f"{ratio * 100:.1f}%"
-            assert page.text_content("#upstream-errors") == "1"
-            assert "alert" in (page.get_attribute("#errors-card", "class") or "")
             assert float(_value(page, "#p50")) > 0 and float(_value(page, "#p99")) >= float(_value(page, "#p50"))
             assert page.text_content("#p99").endswith(("ms", " s"))
 
-            stats = httpx.get(url + "/_ctxwarden/stats", headers={"x-ctxwarden-admin-token": ADMIN_TOKEN}).json()
-            assert float(_value(page, "#cache-hit-rate")) == stats["cache_hit_rate"]
-            # the bill with the prompt cache priced in, beside tokens saved
+            # The upstream errors card is the metric of that name, over the same requests.
+            admin = {"x-ctxwarden-admin-token": ADMIN_TOKEN}
+            metrics = httpx.get(url + "/metrics", headers=admin).text
+            errors_metric = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                                if line.startswith("ctxwarden_upstream_errors_total{"))
+            assert page.text_content("#upstream-errors") == "1" and errors_metric == 1
+            assert 'ctxwarden_upstream_errors_total{kind="connect",upstream="dead"} 1.0' in metrics
+            assert page.text_content("#errors-detail") == "connect 1"
+            assert "alert" in (page.get_attribute("#errors-card", "class") or "")
+
+            # The cache: hits over cacheable requests (the two temperature-0 ones); beside it the share
+            # of chat requests that bypassed it (the five that sample: no temperature).
+            stats = httpx.get(url + "/_ctxwarden/stats", headers=admin).json()
+            assert (stats["cache_hits"], stats["cache_misses"], stats["cache_bypassed"]) == (1, 1, 5)
+            assert float(_value(page, "#cache-hit-rate")) == stats["cache_hit_rate"] == 0.5
+            assert page.text_content("#cache-hit-rate") == "50.0%"
+            assert page.text_content("#cache-detail") == "1 hit of 2 cacheable"
+            assert float(_value(page, "#cache-bypass")) == stats["cache_bypass_ratio"] == pytest.approx(5 / 7, abs=1e-4)
+            assert page.text_content("#cache-bypass") == "71.4%"
+
+            # The bill with the prompt cache priced in, as the responses' headers priced it.
+            costs = [(float(r.headers["x-ctxwarden-cost-sent"]), float(r.headers["x-ctxwarden-cost-passthrough"]))
+                     for r in sent if "x-ctxwarden-cost-sent" in r.headers]
+            bill_saved = 1 - sum(c for c, _ in costs) / sum(p for _, p in costs)
             assert 0 < stats["bill_saved_ratio"] < 1
-            assert float(_value(page, "#bill-saved")) == stats["bill_saved_ratio"]
+            assert float(_value(page, "#bill-saved")) == stats["bill_saved_ratio"] == pytest.approx(bill_saved,
+                                                                                                     abs=1e-3)
             assert page.text_content("#bill-saved") == f"{stats['bill_saved_ratio'] * 100:.1f}%"
 
-            # The table: newest first, one row per chat request, counts as in the headers.
+            # By model: every chat request under its model, busiest first, figures as in the headers.
+            models = _table(page, "#by-model")
+            assert list(models) == ["gpt-4o-mini", "claude-sonnet-4-5", "dead-1"]
+            assert models["gpt-4o-mini"]["requests"] == "5"
+            assert models["gpt-4o-mini"]["tokens"] == (f"{sum(before) - before[4]:,} → "
+                                                       f"{sum(after) - after[4]:,}")
+            assert models["claude-sonnet-4-5"]["tokens"] == f"{before[4]:,} → {after[4]:,}"
+            assert models["dead-1"]["errors"] == "1" and models["gpt-4o-mini"]["errors"] == "0"
+            # By upstream: where each request went; the cache hit went nowhere.
+            upstreams = _table(page, "#by-upstream")
+            assert {name: row["requests"] for name, row in upstreams.items()} == \
+                {"openai": "4", "anthropic": "1", "dead": "1", "": "1"}
+            assert upstreams[""]["name"] == "not sent upstream (cache hits, refusals)"
+            assert upstreams["dead"]["errors"] == "1"
+            assert sum(int(row["requests"]) for row in upstreams.values()) == len(sent)
+            row = page.locator('#by-upstream tbody tr[data-name="anthropic"]')
+            assert float(row.get_attribute("data-cost-sent")) == pytest.approx(costs[-1][0], abs=0.5)
+            assert row.locator("td.bill").text_content() == f"{costs[-1][0]:,.0f} / {costs[-1][1]:,.0f}"
+
+            # The rewrites table: only the two requests sent rewritten, newest first.
             rows = page.locator("#rewrites tbody tr")
             newest = rows.nth(0)
-            assert newest.get_attribute("data-status") == "500"
-            assert newest.locator("td.status").text_content() == "500"
+            assert newest.locator("td.model").text_content() == "claude-sonnet-4-5"
+            assert newest.locator("td.upstream").text_content() == "anthropic"
+            assert newest.locator("td.decision").text_content() == rewrites[4]
             assert newest.locator("td.tokens").text_content() == f"{before[4]:,} → {after[4]:,}"
-            rewritten = rows.nth(1)
-            assert rewritten.locator("td.dialect").text_content() == "anthropic"
-            assert rewritten.locator("td.decision").text_content() == rewrites[3]
-            assert rewritten.locator("td.tokens").text_content() == f"{before[3]:,} → {after[3]:,}"
-            assert rewritten.locator("td.status").text_content() == "200"
-            assert rows.nth(2).locator("td.dialect").text_content() == "openai"
-            assert rows.nth(2).locator("td.tokens").text_content() == f"{before[2]:,} → {after[2]:,}"
+            assert newest.locator("td.status").text_content() == "200"
+            assert rows.nth(1).locator("td.model").text_content() == "gpt-4o-mini"
+            assert rows.nth(1).locator("td.tokens").text_content() == f"{before[3]:,} → {after[3]:,}"
+            assert {rows.nth(i).get_attribute("data-decision") for i in range(2)} <= {"append", "compact"}
 
             # The chart drew the savings (bars) and at least one reduction-ratio point.
             assert page.locator("#savings-chart rect.bar").count() >= 1
@@ -186,6 +241,67 @@ def test_dashboard_shows_live_figures(browser, fake_upstream_server, upstream, t
 
             assert outside == [], f"the page loaded something from elsewhere: {outside}"
             assert page_errors == [], page_errors
+        finally:
+            context.close()
+
+
+def _table(page, selector: str) -> dict[str, dict[str, str]]:
+    """A breakdown table's rows by data-name: each cell's text by its class."""
+    return page.eval_on_selector_all(selector + " tbody tr", """rows => Object.fromEntries(rows.map(r => [
+        r.dataset.name, Object.fromEntries([...r.cells].map(c => [c.classList[0] === 'num' ? c.classList[1]
+                                                                  : c.classList[0], c.textContent]))]))""")
+
+
+def _stats_with_gaps(now: int) -> dict:
+    """A stats answer (a real LiveStats snapshot) whose series has traffic in
+    runs of seconds with idle gaps between them, and more models than are
+    tracked by name."""
+    stats = LiveStats()
+    for i in range(MODELS_TRACKED + 3):
+        record = RequestRecord(route="chat_completions", method="POST", path="/v1/chat/completions",
+                               dialect="openai", model=f"model-{i:02d}", upstream="openai", status=200,
+                               cache="miss", rewrite="compact", tokens_before=1000, tokens_after=400 + i)
+        stats.observe(record)
+    snapshot = stats.snapshot()
+    busy = [now - 40, now - 39, now - 38, now - 20, now - 19, now - 10]   # three runs: 3 s, 2 s, 1 s
+    snapshot["series"] = [{"t": t, "requests": 2, "errors": 0, "tokens_saved": 500, "reduction_ratio": 0.5}
+                          for t in busy]
+    # a second with only forwarded requests: traffic, but no ratio to draw
+    snapshot["series"].insert(3, {"t": now - 37, "requests": 1, "errors": 0, "tokens_saved": 0,
+                                  "reduction_ratio": None})
+    return snapshot
+
+
+def test_dashboard_breaks_lines_across_idle_gaps_and_folds_models_past_the_bound(browser, fake_upstream_server,
+                                                                                  monkeypatch):
+    monkeypatch.delenv(ADMIN_ENV, raising=False)
+    with serve_proxy(_config(fake_upstream_server.url)) as url:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        now = int(time.time())
+        answer = json.dumps(_stats_with_gaps(now))
+        page.route("**/_ctxwarden/stats", lambda route: route.fulfill(
+            status=200, body=answer, headers={"content-type": "application/json"}))
+        try:
+            page.goto(f"{url}/_ctxwarden/dashboard?window=60")
+            _wait_value(page, "#requests", str(MODELS_TRACKED + 3))
+            d = page.get_attribute("#savings-chart path.ratio", "d")
+            runs = [run.split("L") for run in d.replace(" ", "").split("M")[1:]]
+            assert [len(run) for run in runs] == [3, 2, 1], d
+            slot = float(runs[0][1].split(",")[0]) - float(runs[0][0].split(",")[0])
+            assert slot > 0
+            for run in runs:
+                xs = [float(point.split(",")[0]) for point in run]
+                assert all(b - a == pytest.approx(slot, abs=0.02) for a, b in zip(xs, xs[1:])), d
+            assert page.locator("#savings-chart circle.dot").count() == 6
+            assert page.locator("#traffic-chart rect.req").count() == 7
+
+            models = _table(page, "#by-model")
+            assert len(models) == MODELS_TRACKED + 1
+            other = page.locator('#by-model tbody tr[data-other="true"]')
+            assert other.locator("td.name").text_content() == "other models"
+            assert other.get_attribute("data-requests") == "3"
+            assert list(models)[-1] == "", "other models come last"
         finally:
             context.close()
 

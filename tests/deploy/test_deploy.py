@@ -108,7 +108,8 @@ def pod_spec() -> dict:
 
 
 def sidecar() -> dict:
-    (container,) = [c for c in pod_spec()["containers"] if c["name"] == "ctxwarden"]
+    """ctxwarden: a native sidecar, an init container that keeps running."""
+    (container,) = [c for c in pod_spec()["initContainers"] if c["name"] == "ctxwarden"]
     return container
 
 
@@ -132,8 +133,7 @@ def test_yaml_files_parse():
 
 
 def test_dockerfile_base_user_and_healthcheck():
-    (base,) = dockerfile("FROM")
-    assert base == "python:3.11-slim"
+    assert dockerfile("FROM") == ["python:3.11-slim AS build", "python:3.11-slim"]
     (user,) = dockerfile("USER")
     assert user.split(":")[0] not in ("root", "0")
     assert "10001" in user
@@ -142,20 +142,70 @@ def test_dockerfile_base_user_and_healthcheck():
     assert check[:2] == ["python", "-c"] and "/_ctxwarden/health" in check[2] and "urllib" in check[2]
 
 
-def test_dockerfile_installs_with_the_readme_command():
-    install = readme_install_command()
-    assert "pip install" in install
-    assert any(args == install for args in dockerfile("RUN")), \
-        f"no `RUN {install}` in the Dockerfile (the README's install command)"
-    # Everything that install needs from the build context is copied first.
-    copied = {src for args in dockerfile("COPY") for src in args.split()[:-1] if not src.startswith("--")}
-    assert {"pyproject.toml", "README.md", "proxy"} <= copied
+def test_dockerfile_builds_a_pinned_regular_install_in_a_first_stage():
+    stages = " ".join(f"{kw} {args}" for kw, args in dockerfile_instructions()).split("FROM ")[1:]
+    build, final = stages
+    # the first stage: a regular install of the package, with the constraints file
+    (install,) = [args for kw, args in dockerfile_instructions() if kw == "RUN" and "pip install" in args]
+    assert install in build and " -e " not in f" {install} " and "--editable" not in install
+    assert install.endswith(" --constraint constraints.txt .")
+    copied = {src for args in dockerfile("COPY") if "--from" not in args for src in args.split()[:-1]}
+    assert {"pyproject.toml", "README.md", "LICENSE", "proxy", "deploy/constraints.txt"} <= copied
     for src in copied:
         assert (REPO_ROOT / src).exists(), f"COPY {src}: not in the build context (the repository root)"
-    # And the venv it creates is the one on PATH, so `ctxwarden` resolves to it.
+    # the final stage: the venv only, on PATH, so `ctxwarden` resolves to it
     venv = install.split("python3 -m venv ", 1)[1].split()[0]
-    (workdir,) = dockerfile("WORKDIR")
-    assert any(args.startswith(f"PATH={workdir}/{venv.removeprefix('./')}/bin:") for args in dockerfile("ENV"))
+    assert f"COPY --from=build {venv} {venv}" in final
+    assert "pip install" not in final
+    assert any(args.startswith(f"PATH={venv}/bin:") for args in dockerfile("ENV"))
+
+
+def _runtime_closure() -> set[str]:
+    """The distributions `pip install .` brings, from the installed metadata."""
+    from importlib.metadata import PackageNotFoundError, requires
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: set[str] = set()
+    todo = [("ctxwarden", frozenset())]
+    while todo:
+        name, extras = todo.pop()
+        try:
+            wanted = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        for text in wanted:
+            req = Requirement(text)
+            if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras | {""}):
+                continue
+            key = canonicalize_name(req.name)
+            if key not in found:
+                found.add(key)
+                todo.append((req.name, frozenset(req.extras)))
+            elif req.extras:
+                todo.append((req.name, frozenset(req.extras)))
+    return found
+
+
+def test_constraints_pin_every_runtime_dependency():
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version.strip(), f"not pinned: {line}"
+            pins[canonicalize_name(name)] = version
+    missing = _runtime_closure() - set(pins)
+    assert not missing, f"deploy/constraints.txt does not pin {sorted(missing)}"
+
+
+def test_license_file_matches_pyproject():
+    import tomllib
+
+    license_text = (REPO_ROOT / "LICENSE").read_text()
+    declared = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["license"]["text"]
+    assert declared == "MIT" and license_text.startswith("MIT License\n")
 
 
 def test_dockerfile_serves_with_the_cli_flags():
@@ -228,6 +278,8 @@ def test_compose_app_talks_to_the_sidecar():
     assert "profiles" not in app and "profiles" not in proxy
     grace = effective(DEPLOY_CONFIG.read_bytes()).server.grace_period
     assert int(proxy["stop_grace_period"].rstrip("s")) > grace
+    # no admin token, no start: `${VAR:?message}` makes compose refuse to run
+    assert re.fullmatch(r"\$\{CTXWARDEN_ADMIN_TOKEN:\?[^}]+\}", proxy["environment"]["CTXWARDEN_ADMIN_TOKEN"])
 
 
 # --------------------------------------------------------------------------- Kubernetes
@@ -242,17 +294,21 @@ def test_kubernetes_sidecar_probes_resources_and_security():
     assert probes["livenessProbe"]["path"] == "/_ctxwarden/health"
     assert probes["startupProbe"]["path"] == "/_ctxwarden/health"
     assert all(p["port"] in ("ctxwarden", 8788) for p in probes.values())
-    for c in pod_spec()["containers"]:
+    for c in pod_spec()["containers"] + pod_spec()["initContainers"]:
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], c["name"]
         assert c["resources"]["limits"]["memory"], c["name"]
     (user,) = dockerfile("USER")
     assert container["securityContext"]["runAsUser"] == int(user.split(":")[0])
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod_spec()["securityContext"]["runAsNonRoot"] is True
-    # Time to drain: preStop delay + grace period < the pod's termination grace.
-    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    # A native sidecar: the app starts once its startup probe passes and it is
+    # stopped after the app, so it needs no preStop delay; its grace period
+    # fits in the pod's.
+    assert container["restartPolicy"] == "Always"
+    assert "lifecycle" not in container
+    assert [c["name"] for c in pod_spec()["containers"]] == ["app"]
     grace = effective(k8s("ConfigMap")["data"]["performance.xml"]).server.grace_period
-    assert int(pre_stop[-1]) + grace < pod_spec()["terminationGracePeriodSeconds"]
+    assert grace < pod_spec()["terminationGracePeriodSeconds"]
     # The app talks to the sidecar on localhost, on the port it listens on.
     (app,) = [c for c in pod_spec()["containers"] if c["name"] == "app"]
     env = {e["name"]: e.get("value") for e in app["env"]}

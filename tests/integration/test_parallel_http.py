@@ -136,6 +136,9 @@ def test_run_parallel_cli_writes_jsonl_and_progress(tmp_path, fake_upstream_serv
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["id"], r["status"]) for r in lines] == [("a", "ok"), ("b", "ok"), ("bad", "error")]
     assert "3/3" in done.stderr and "1 failed" in done.stderr
+    # the summary names what failed, and why
+    summary = done.stderr[done.stderr.index("run-parallel: 3 tasks in "):]
+    assert "2 ok, 1 failed:" in summary and "\n  bad: error - " in summary
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"tasks": [_task("a", "x", depends_on=["a"])]}))
     refused = run_cli(["run-parallel", str(bad), "--config", str(config)])

@@ -198,7 +198,7 @@ def test_explain_cli(tmp_path):
     request.write_text(json.dumps(_body()))
     config = tmp_path / "config.xml"
     config.write_text(_config("http://127.0.0.1:9"))
-    done = run_cli(["explain", str(request), "--config", str(config)])
+    done = run_cli(["explain", str(request), "--config", str(config), "--json"])
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["tokens_after"] <= BUDGET < report["tokens_before"]

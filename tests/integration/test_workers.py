@@ -1,5 +1,5 @@
 """`serve` with several workers: any worker answers /metrics and
-/_ctxwarden/stats for all of them."""
+/_ctxwarden/stats for all of them, breakdowns per model and per upstream included."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from tests.servers import cli_server, proxy_config_xml
 
 REQUESTS = 40
 SCRAPES = 6
+MODELS = ("gpt-4o-mini", "llama-3")   # llama-* goes to the upstream "local"
 
 
 def _chat(url: str, i: int) -> int:
     # A connection per request, several at once: the kernel hands them to both workers.
     return httpx.post(url + "/v1/chat/completions", timeout=15,
-                      json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hello {i}"}]}).status_code
+                      json={"model": MODELS[i % 2], "messages": [{"role": "user", "content": f"hello {i}"}]}).status_code
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -53,11 +54,16 @@ def _assert_every_scrape_counts_all(url: str) -> None:
         assert stats["requests"] == REQUESTS
         assert sum(second["requests"] for second in stats["series"]) == REQUESTS
         assert stats["tokens_before"] > 0 and stats["latency_ms"]["p50"] > 0
+        by_model = {row["name"]: row for row in stats["by_model"]}
+        assert {name: row["requests"] for name, row in by_model.items()} == dict.fromkeys(MODELS, REQUESTS // 2)
+        assert sum(row["tokens_before"] for row in by_model.values()) == stats["tokens_before"]
+        assert {row["name"]: row["requests"] for row in stats["by_upstream"]} == \
+            {"openai": REQUESTS // 2, "local": REQUESTS // 2}
 
 
 def test_two_workers_report_the_same_totals_on_every_scrape(tmp_path, upstream):
     path = tmp_path / "performance.xml"
-    path.write_text(proxy_config_xml(upstream.url))
+    path.write_text(proxy_config_xml(upstream.url, local_url=upstream.url))
     # serve's private directory lands in tmp_path, where the test can watch it.
     with cli_server(path, extra_args=["--workers", "2"], env={"TMPDIR": str(tmp_path)}) as (url, proc):
         with ThreadPoolExecutor(8) as pool:

@@ -1,5 +1,6 @@
 """Property tests: generated agent conversations, replayed turn by turn through
-the rewrite in both dialects, keep every invariant on every turn.
+the rewrite in every dialect, keep every invariant on every turn (each OpenAI
+conversation is replayed as chat messages and as Responses input items).
 
 On every turn of every example:
 
@@ -25,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from ctxwarden.dialects import get_dialect
 from ctxwarden.pipeline import ConversationState, RewritePlan, conversation_keys, rewrite_turn
 from ctxwarden.pipeline.invariants import check_turn
 from ctxwarden.pipeline.text import MARKER_PREFIX
@@ -32,7 +34,7 @@ from ctxwarden.pricing import ANTHROPIC_PRICING, NO_CACHE_PRICING, OPENAI_PRICIN
 from tests.unit.pipeline_helpers import count_request_tokens
 from tests.strict_wire import chat_problems
 from tests.unit.pipeline_helpers import (STEP_KINDS, STYLES, anthropic_requests, dumps, latest_user_kept,
-                                         openai_requests, system_kept, without_markers)
+                                         openai_requests, responses_request, system_kept, without_markers)
 
 MAX_EXAMPLES = 100
 # derandomize: the same examples on every run, so the floors below are stable;
@@ -46,7 +48,7 @@ SIZES = [0, 1, 3, 8, 25, 60, 120, 250]     # lines of a tool output
 HUGE = 2500                                  # a tool output far over any budget drawn here
 
 # how many examples reached each property, per dialect
-REACHED: dict[str, Counter] = {"openai": Counter(), "anthropic": Counter()}
+REACHED: dict[str, Counter] = {"openai": Counter(), "anthropic": Counter(), "responses": Counter()}
 
 
 # ------------------------------------------------------------------ conversations
@@ -96,6 +98,7 @@ def canonical(messages: list) -> list:
 def replay_and_check(requests: list[dict], dialect: str, plan: RewritePlan) -> None:
     reached = REACHED[dialect]
     reached["examples"] += 1
+    field = get_dialect(dialect).conversation_field
     store: dict[str, bytes] = {}          # the cache backend: states as bytes
     previous = None                       # (decision, reason, sent) of the previous turn
     seen = Counter()
@@ -132,8 +135,8 @@ def replay_and_check(requests: list[dict], dialect: str, plan: RewritePlan) -> N
             assert check_turn(body, sent, dialect, plan, out.tokens_after) == []
             assert chat_problems(dialect, sent) == []
             assert system_kept(body, sent, dialect) and latest_user_kept(body, sent, dialect)
-            assert all(sent[k] is v for k, v in body.items() if k != "messages")
-            text = dumps(sent["messages"])
+            assert all(sent[k] is v for k, v in body.items() if k != field)
+            text = dumps(sent[field])
             if "lines omitted]" in text or "characters omitted]" in text:
                 seen["cut"] += 1
             if f"{MARKER_PREFIX} recalled]" in text:
@@ -141,19 +144,21 @@ def replay_and_check(requests: list[dict], dialect: str, plan: RewritePlan) -> N
 
         # between two compactions a turn only appends to what the previous turn sent
         if out.decision in ("unchanged", "append") and previous is not None and previous[0] != "refused":
-            before = canonical(previous[2]["messages"])
-            now = canonical(sent["messages"])
+            before = canonical(previous[2][field])
+            now = canonical(sent[field])
             changed = [i for i, m in enumerate(before) if i >= len(now) or now[i] != m]
             assert not changed, f"a sent prefix changed at messages {changed} on an {out.decision} turn"
             seen["appended"] += 1
             if out.state is not None and out.state.note is not None:
                 seen["appended_after_compaction"] += 1
         previous = (out.decision, out.reason, sent)
-    last = requests[-1]["messages"]
-    seen["two user messages in a row"] = sum(a["role"] == b["role"] == "user" for a, b in zip(last, last[1:]))
+    last = requests[-1][field]
+    seen["two user messages in a row"] = sum(a.get("role") == b.get("role") == "user" for a, b in zip(last, last[1:]))
     for name, count in seen.items():
         if count:
             reached[name] += 1
+    if dialect == "openai":
+        replay_and_check([responses_request(body) for body in requests], "responses", plan)
 
 
 # ------------------------------------------------------------------ the properties
@@ -189,7 +194,7 @@ FLOORS = {
 }
 
 
-@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+@pytest.mark.parametrize("dialect", ["openai", "anthropic", "responses"])
 def test_every_property_was_reached(dialect):
     reached = REACHED[dialect]
     if not reached["examples"]:

@@ -214,7 +214,7 @@ def dumps(value) -> str:
 
 def latest_user_text(body: dict):
     """The latest message the user wrote (not a tool result)."""
-    for message in reversed(body["messages"]):
+    for message in reversed(body["messages"] if "messages" in body else body["input"]):
         if message.get("role") != "user":
             continue
         content = message.get("content")
@@ -309,6 +309,40 @@ def openai_requests(spec: dict) -> list[dict]:
     return requests
 
 
+def _response_items(message: dict, step: int) -> list[dict]:
+    """A chat message as the Responses input items that say the same: an
+    assistant's tool calls come after a reasoning item of its own."""
+    role, content = message["role"], message.get("content")
+    if role == "tool":
+        return [{"type": "function_call_output", "call_id": message["tool_call_id"], "output": content}]
+    if role != "assistant":
+        if isinstance(content, list):
+            content = [{"type": "input_text", "text": part["text"]} for part in content]
+        return [{"role": role, "content": content}]
+    items = []
+    if message.get("tool_calls"):
+        items.append({"id": f"rs_{step}", "type": "reasoning", "encrypted_content": f"gAAA{step:04d}" + "QUJD" * 20,
+                      "summary": [{"type": "summary_text", "text": "Which file holds the failing value?"}]})
+    if content:
+        items.append({"id": f"msg_{step}", "type": "message", "role": "assistant", "status": "completed",
+                      "content": [{"type": "output_text", "text": content, "annotations": []}]})
+    items.extend({"id": f"fc_{call['id']}", "type": "function_call", "call_id": call["id"],
+                  "name": call["function"]["name"], "arguments": call["function"]["arguments"]}
+                 for call in message.get("tool_calls") or ())
+    return items
+
+
+def responses_request(chat: dict) -> dict:
+    """A chat request of ``openai_requests`` as the Responses request that says
+    the same: its first system message as ``instructions``, its messages as items."""
+    messages = chat["messages"]
+    instructions = messages[0]["content"] if messages[0]["role"] == "system" else None
+    rest = messages[1:] if instructions is not None else messages
+    items = [item for step, message in enumerate(rest) for item in _response_items(message, step)]
+    body = {"model": chat["model"], "temperature": chat["temperature"], "input": items, "store": False}
+    return {**body, "instructions": instructions} if instructions is not None else body
+
+
 def anthropic_requests(spec: dict) -> list[dict]:
     """The requests of one Anthropic-dialect conversation, turn by turn."""
     task = TASKS[spec["task"]]
@@ -354,6 +388,10 @@ def words(content) -> list:
 def system_kept(body: dict, sent: dict, dialect: str) -> bool:
     if dialect == "anthropic":
         return sent.get("system") is body.get("system")
+    if dialect == "responses":
+        system = [m for m in body["input"] if m.get("role") in ("system", "developer")]
+        return (sent.get("instructions") is body.get("instructions")
+                and [m for m in sent["input"] if m.get("role") in ("system", "developer")] == system)
     system = [m for m in body["messages"] if m["role"] in ("system", "developer")]
     return sent["messages"][:len(system)] == system
 
@@ -362,8 +400,8 @@ def latest_user_kept(body: dict, sent: dict, dialect: str) -> bool:
     latest = latest_user_text(body)
     if latest is None:
         return True
-    if dialect == "openai":
-        return any(m is latest or m == latest for m in sent["messages"])
+    if dialect in ("openai", "responses"):
+        return any(m is latest or m == latest for m in sent["messages" if dialect == "openai" else "input"])
     # Anthropic: the user's blocks (not tool results, which may be cut to fit), in one
     # user turn that may also hold a note of ctxwarden's (turns alternate)
     wanted = words(latest["content"])

@@ -20,7 +20,7 @@ def test_seed_block_loads_exactly_as_written_with_defaults_elsewhere():
     assert config.parallel_execution.max_workers == 4
     assert config.parallel_execution.task_timeout == 300
     assert config.parallel_execution.resource_limit == 0.8
-    assert config.token_management.tier_shares == (20, 40, 30, 10)
+    assert config.token_management.tier_shares == (20, 20, 50, 10)
     assert config.token_management.critical_overflow == "fit"
     assert config.token_management.default_encoding == "cl100k_base"
     assert config.server.host == "127.0.0.1" and config.server.port == 8788

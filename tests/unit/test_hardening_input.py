@@ -13,6 +13,7 @@ import pytest
 
 from ctxwarden.chat import parse_chat_body, prepare_chat
 from ctxwarden.config import TokenManagement
+from ctxwarden.dialects import get_dialect
 from ctxwarden.errors import BadRequest
 from ctxwarden.pipeline import RewritePlan, rewrite_turn
 from ctxwarden.tokens import _CountCache, count_text
@@ -54,7 +55,7 @@ def test_a_lone_surrogate_goes_upstream_escaped_as_sent():
     body = agent_conversation([(f"cat f{i}.py", "x = 1\n" * 400) for i in range(12)],
                               final_user="why is \udfff in the file?")
     raw = json.dumps(body).encode()          # the client's escaped \\udfff
-    parsed = parse_chat_body(raw)
+    parsed = parse_chat_body(raw, get_dialect("openai"))
     chat = prepare_chat(TokenManagement(budget=3000), "openai", raw, parsed)
     assert chat.rewrite in ("append", "compact")
     sent = json.loads(chat.content)          # valid JSON, the surrogate intact

@@ -169,7 +169,7 @@ def big_gpt4o():
 def test_shipped_config_fits_a_130k_gpt4o_request_into_its_window(big_gpt4o):
     tokens = load_config(None).token_management
     raw = json.dumps(big_gpt4o).encode()
-    chat = prepare_chat(tokens, "openai", raw, parse_chat_body(raw))
+    chat = prepare_chat(tokens, "openai", raw, parse_chat_body(raw, get_dialect("openai")))
     assert chat.tokens_before >= 130_000
     # compacted (on this turn, or on the earlier turns the rewrite replays)
     assert chat.rewrite in ("append", "compact")
@@ -184,7 +184,7 @@ def test_shipped_config_fits_a_130k_gpt4o_request_into_its_window(big_gpt4o):
 def test_without_the_table_the_same_request_went_out_unchanged(big_gpt4o):
     tokens = _tm('<models builtin="false"/>')
     raw = json.dumps(big_gpt4o).encode()
-    chat = prepare_chat(tokens, "openai", raw, parse_chat_body(raw))
+    chat = prepare_chat(tokens, "openai", raw, parse_chat_body(raw, get_dialect("openai")))
     # below 0.7 x the 200k budget: sent as it came, over gpt-4o's window
     assert chat.content == raw and chat.tokens_after > 128_000 - 4096
 

@@ -450,6 +450,14 @@ def test_explain_turn(dialect):
     assert rows[-1]["action"] == "kept" and rows[0]["action"] == "kept"
     assert d["tokens_after"] <= plan.budget < d["tokens_before"]
     assert d["note"] and d["note"].startswith(f"{MARKER_PREFIX} compacted]")
+    # tiers: the note carries the compacted (supporting), the latest turn is critical,
+    # recent turns kept verbatim are important; tokens per message before and after
+    assert {r["tier"] for r in rows if r["action"] == "compacted"} == {"supporting"}
+    assert rows[-1]["tier"] == "critical" and "important" in {r["tier"] for r in rows}
+    assert all(r["tokens_after"] == 0 for r in rows if r["action"] == "compacted")
+    assert all(r["tokens_after"] == r["tokens_before"] > 0 for r in rows if r["action"] == "kept")
+    assert sum(r["tokens_before"] for r in rows) < d["tokens_before"]
+    assert sum(r["tokens_after"] for r in rows) + d["note_tokens"] + d["recalled_tokens"] <= d["tokens_after"]
 
 
 def test_explain_turn_small_request():
@@ -457,6 +465,8 @@ def test_explain_turn_small_request():
     d = explain_turn(body, "openai", RewritePlan(budget=100_000))
     assert d["decision"] == "unchanged" and d["reason"] and not d["changed"]
     assert [r["action"] for r in d["messages"]] == ["kept"] * len(body["messages"])
+    assert d["messages"][0]["tier"] == "critical"     # the system prompt
+    assert d["messages"][-1]["tier"] == "critical"    # the latest turn
 
 
 # ------------------------------------------------------------------ the priced ledger

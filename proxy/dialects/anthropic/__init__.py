@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import Message
+from ..base import Message, check_messages_body, messages_of, no_reason, with_messages
 from ...pricing import ANTHROPIC_PRICING
 from .markers import cache_hints
 from .stream import assemble_stream, replay_stream
@@ -22,8 +22,14 @@ from .tokens import fixed_tokens, message_tokens
 
 __all__ = ["assemble_stream", "cache_hints", "replay_stream", "fixed_tokens", "message_tokens"]
 
+check_body, unmanaged, conversation, with_conversation = check_messages_body, no_reason, messages_of, with_messages
+
 name = "anthropic"
+upstream = "anthropic"
 chat_path = "/v1/messages"
+conversation_field = "messages"
+key_fields = ("system", "tools")
+output_fields = ("max_tokens",)
 route = "messages"
 sdk_key_env = "ANTHROPIC_API_KEY"
 default_pricing = ANTHROPIC_PRICING
@@ -72,6 +78,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
     texts: list[str] = []
     call_ids: list[str] = []
     result_ids: list[str] = []
+    calls: list = []
     opaque = unknown = frozen = False
     content = wire.get("content")
     if isinstance(content, str):
@@ -93,6 +100,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
                 except (TypeError, ValueError):
                     args = str(block.get("input"))
                 texts.append(f"{block.get('name', '')} {args}")
+                calls.append(block.get("input"))
             elif btype == "tool_result" and role == "user" and isinstance(block.get("tool_use_id"), str):
                 result_ids.append(block["tool_use_id"])
                 o, u = _tool_result_content(i, block, segments, texts)
@@ -111,7 +119,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
     return Message(
         index=index, role=role, wire=wire, tokens=tokens,
         text="\n".join(texts), segments=tuple(segments), call_ids=tuple(call_ids),
-        result_ids=tuple(result_ids), opaque=opaque, unknown=unknown,
+        result_ids=tuple(result_ids), calls=tuple(calls), opaque=opaque, unknown=unknown,
     )
 
 
@@ -213,6 +221,29 @@ def owns_path(path: str) -> bool:
 def recognises(headers: Mapping[str, str]) -> bool:
     """The Anthropic SDKs always send anthropic-version, the OpenAI SDKs never do."""
     return "anthropic-version" in headers
+
+
+# top-level fields of the Messages API that Chat Completions does not take
+_OWN_FIELDS = ("system", "anthropic_version", "stop_sequences", "top_k", "thinking")
+_OWN_BLOCKS = frozenset({"tool_use", "tool_result", "thinking", "redacted_thinking", "document"})
+
+
+def body_signs(body: dict) -> list[str]:
+    signs = [f"top-level {field}" for field in _OWN_FIELDS if field in body]
+    messages = body.get("messages")
+    blocks = [b for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list)
+              for b in m["content"] if isinstance(b, dict)] if isinstance(messages, list) else []
+    kinds = {b.get("type") for b in blocks}
+    signs += [f"a content block of type {kind}" for kind in sorted(kinds & _OWN_BLOCKS)]
+    if any(b.get("type") == "image" and "source" in b for b in blocks):
+        signs.append("an image block with a source")
+    # max_tokens alone is both APIs'; with text blocks, it is how Messages bodies look
+    if "max_tokens" in body and "text" in kinds:
+        signs.append("max_tokens with text content blocks")
+    tools = body.get("tools")
+    if isinstance(tools, list) and any(isinstance(t, dict) and "input_schema" in t for t in tools):
+        signs.append("tools with an input_schema")
+    return signs
 
 
 def note_message(text: str) -> dict:

@@ -13,15 +13,21 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import Message
+from ..base import Message, check_messages_body, messages_of, no_reason, with_messages
 from ...pricing import OPENAI_PRICING, Pricing
 from .stream import assemble_stream, replay_stream
 from .tokens import fixed_tokens, message_tokens
 
 __all__ = ["assemble_stream", "replay_stream", "fixed_tokens", "message_tokens"]
 
+check_body, unmanaged, conversation, with_conversation = check_messages_body, no_reason, messages_of, with_messages
+
 name = "openai"
+upstream = "openai"
 chat_path = "/v1/chat/completions"
+conversation_field = "messages"
+key_fields = ("system", "tools")
+output_fields = ("max_completion_tokens", "max_tokens")
 route = "chat_completions"
 sdk_key_env = "OPENAI_API_KEY"
 default_pricing = OPENAI_PRICING
@@ -32,6 +38,26 @@ SYSTEM_ROLES = ("system", "developer")
 KNOWN_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 OPAQUE_PARTS = frozenset({"image_url", "input_audio", "file", "image", "input_image", "audio"})
 TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+
+
+def parts_text(parts: list, path: tuple, segments: list, texts: list, text_parts: frozenset[str],
+               opaque_parts: frozenset[str]) -> tuple[bool, bool]:
+    """The editable text of a list of typed content parts (Chat Completions'
+    and the Responses API's), added to ``segments`` under ``path``; whether a
+    part is opaque (an image, a file) or of a type not known."""
+    opaque = unknown = False
+    for i, part in enumerate(parts):
+        ptype = part.get("type") if isinstance(part, dict) else None
+        if ptype in text_parts and isinstance(part.get("text"), str):
+            segments.append(((*path, i, "text"), part["text"]))
+            texts.append(part["text"])
+        elif ptype == "refusal" and isinstance(part.get("refusal"), str):
+            texts.append(part["refusal"])
+        elif ptype in opaque_parts:
+            opaque = True
+        else:
+            unknown = True
+    return opaque, unknown
 
 
 def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = None) -> Message:
@@ -51,25 +77,13 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
         segments.append((("content",), content))
         texts.append(content)
     elif isinstance(content, list):
-        for i, part in enumerate(content):
-            if not isinstance(part, dict):
-                unknown = True
-                continue
-            ptype = part.get("type")
-            if ptype in TEXT_PARTS and isinstance(part.get("text"), str):
-                segments.append((("content", i, "text"), part["text"]))
-                texts.append(part["text"])
-            elif ptype == "refusal" and isinstance(part.get("refusal"), str):
-                texts.append(part["refusal"])
-            elif ptype in OPAQUE_PARTS:
-                opaque = True
-            else:
-                unknown = True
+        opaque, unknown = parts_text(content, ("content",), segments, texts, TEXT_PARTS, OPAQUE_PARTS)
     elif content is not None:
         unknown = True
 
     call_ids: list[str] = []
     result_ids: list[str] = []
+    arguments: list = []
     if role == "assistant":
         calls = wire.get("tool_calls")
         if calls is not None:
@@ -84,6 +98,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
                     fn = call.get("function")
                     if isinstance(fn, dict):
                         texts.append(f"{fn.get('name', '')} {fn.get('arguments', '')}")
+                        arguments.append(fn.get("arguments", ""))
                     else:
                         texts.append(json.dumps(call, ensure_ascii=False, sort_keys=True))
         fc = wire.get("function_call")
@@ -104,7 +119,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
     return Message(
         index=index, role=role, wire=wire, tokens=tokens,
         text="\n".join(texts), segments=tuple(segments), call_ids=tuple(call_ids),
-        result_ids=tuple(result_ids), opaque=opaque, unknown=unknown,
+        result_ids=tuple(result_ids), calls=tuple(arguments), opaque=opaque, unknown=unknown,
     )
 
 
@@ -167,6 +182,31 @@ def owns_path(path: str) -> bool:
 def recognises(headers: Mapping[str, str]) -> bool:
     """The OpenAI SDKs send nothing of their own: this dialect is the default."""
     return False
+
+
+# top-level fields of Chat Completions that the Messages API does not take
+_OWN_FIELDS = ("max_completion_tokens", "response_format", "stream_options", "frequency_penalty",
+               "presence_penalty", "logprobs", "logit_bias", "parallel_tool_calls", "prompt_cache_key",
+               "reasoning_effort", "n", "seed")
+_OWN_ROLES = frozenset({"system", "developer", "tool", "function"})
+_OWN_PARTS = frozenset({"image_url", "input_audio", "file"})
+
+
+def body_signs(body: dict) -> list[str]:
+    signs = [f"top-level {field}" for field in _OWN_FIELDS if field in body]
+    messages = body.get("messages")
+    messages = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+    roles = sorted({m.get("role") for m in messages} & _OWN_ROLES)
+    signs += [f"a message of role {role}" for role in roles]
+    if any("tool_calls" in m or "function_call" in m for m in messages):
+        signs.append("tool_calls in an assistant message")
+    parts = {p.get("type") for m in messages if isinstance(m.get("content"), list)
+             for p in m["content"] if isinstance(p, dict)}
+    signs += [f"a content part of type {kind}" for kind in sorted(parts & _OWN_PARTS)]
+    tools = body.get("tools")
+    if isinstance(tools, list) and any(isinstance(t, dict) and isinstance(t.get("function"), dict) for t in tools):
+        signs.append("tools declared as functions")
+    return signs
 
 
 def note_message(text: str) -> dict:
