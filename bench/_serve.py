@@ -17,6 +17,7 @@ import cProfile
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -57,10 +58,16 @@ def main() -> int:
         log_level="warning",
         workers=1,
         backlog=4096,
+        # the proxy as `ctxwarden serve` runs it (proxy/__main__.py); the fake keeps
+        # uvicorn's defaults, as an upstream behind its own load balancer would
+        **({} if args.what == "fake" else {"proxy_headers": False, "server_header": False}),
     )
     server = uvicorn.Server(config)
     if args.profile:
-        profiler = cProfile.Profile()
+        # CPU time, not wall time: on a busy machine the time the process waits
+        # descheduled (or a loopback write spends running the peer) is charged
+        # to no function
+        profiler = cProfile.Profile(time.process_time)
         profiler.enable()
         try:
             server.run()

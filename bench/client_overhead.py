@@ -1,7 +1,8 @@
 """What does the upstream HTTP client alone cost per request?
 
 Starts the fake upstream (one uvicorn worker) and drives it from this process
-with (1) httpx.AsyncHTTPTransport, the proxy's upstream client, and (2) a
+with (1) httpx.AsyncHTTPTransport, (2) aiohttp's ClientSession, (3) the
+proxy's UpstreamClient (aiohttp under httpx's interface), and (4) a
 minimal keep-alive pool on asyncio protocols + the httptools response parser,
 at concurrency 1 and 50. Prints req/s and this process's CPU per request: the
 floor the proxy's own upstream leg costs with each client.
@@ -136,6 +137,26 @@ async def bench_aiohttp(port: int, conc: int, n: int) -> tuple[float, float]:
         await session.close()
 
 
+async def bench_ctxwarden(port: int, conc: int, n: int) -> tuple[float, float]:
+    from ctxwarden.config import ServerSettings, Upstream
+    from ctxwarden.routing import Target
+    from ctxwarden.upstream import UpstreamClient
+
+    client = UpstreamClient(ServerSettings(max_connections=100, max_keepalive_connections=100))
+    target = Target(Upstream("fake", "openai", f"http://127.0.0.1:{port}"), None)
+    headers = [(b"content-type", b"application/json")]
+
+    async def one() -> None:
+        response = await client.send(target, "POST", "/v1/chat/completions", b"", headers, BODY)
+        await response.aread()
+        await response.aclose()
+
+    try:
+        return await drive(one, conc, n)
+    finally:
+        await client.aclose()
+
+
 async def bench_lean(port: int, conc: int, n: int) -> tuple[float, float]:
     pool = LeanPool("127.0.0.1", port)
     raw = (
@@ -169,6 +190,8 @@ def main() -> int:
             ("httpx transport (keepalive 100)", 50, lambda: bench_httpx(port, 50, args.n, 100)),
             ("aiohttp ClientSession", 1, lambda: bench_aiohttp(port, 1, args.n)),
             ("aiohttp ClientSession", 50, lambda: bench_aiohttp(port, 50, args.n)),
+            ("ctxwarden UpstreamClient (aiohttp transport)", 1, lambda: bench_ctxwarden(port, 1, args.n)),
+            ("ctxwarden UpstreamClient (aiohttp transport)", 50, lambda: bench_ctxwarden(port, 50, args.n)),
             ("asyncio protocol + httptools, LIFO pool", 1, lambda: bench_lean(port, 1, args.n)),
             ("asyncio protocol + httptools, LIFO pool", 50, lambda: bench_lean(port, 50, args.n)),
         ]:

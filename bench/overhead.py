@@ -27,6 +27,11 @@ client on uvloop, so that it costs far less CPU than the servers it measures
     python bench/overhead.py --litellm-python /tmp/litellm-venv/bin/python
     LITELLM_PYTHON=/tmp/litellm-venv/bin/python python bench/overhead.py
 
+    # another version of ctxwarden beside this one, in the same run: a checkout
+    # with its own venv (e.g. git worktree add /tmp/base main && cd /tmp/base &&
+    # python -m venv .venv && .venv/bin/pip install -e .)
+    python bench/overhead.py --baseline /tmp/base
+
     # the ASGI server under the same app (pip install granian first)
     python bench/overhead.py --server granian
     python bench/overhead.py --server uvicorn,granian    # both, side by side
@@ -188,6 +193,9 @@ def main() -> int:
     parser.add_argument("--litellm-python", metavar="PATH",
                         help="python of a venv with litellm[proxy] (bench/litellm_venv.sh); default $LITELLM_PYTHON; "
                              "adds a LiteLLM column")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also measure the ctxwarden checked out in DIR, served by DIR/.venv/bin/python "
+                             "(uvicorn), as a 'baseline' column: a before/after in one run")
     parser.add_argument("--no-litellm", action="store_true", help="ignore $LITELLM_PYTHON")
     parser.add_argument("--profile", help="run the proxy under cProfile and write the stats here (uvicorn)")
     parser.add_argument("--via-cli", action="store_true", help="start the proxy with `ctxwarden serve` (uvicorn)")
@@ -226,6 +234,17 @@ def main() -> int:
                         ) if server == "uvicorn" else f"granian {granian_version()} 1 worker (asgi, uvloop)"
             notes.append(f"{name}: {launcher}{', under cProfile (figures inflated)' if args.profile else ''}"
                          f"{', <server ' + args.server_attrs + '>' if args.server_attrs else ''}")
+        if args.baseline:
+            port = free_port()
+            base = Path(args.baseline).absolute()
+            cfg = Path(tmp.name) / "bench-baseline.xml"
+            xml = proxy_config_xml(f"http://{HOST}:{fake_port}", port=port)
+            cfg.write_text(xml.replace("</performance_optimization>", BENCH_LOGGING + "</performance_optimization>"))
+            cmd = [str(base / ".venv" / "bin" / "python"), str(base / "bench" / "_serve.py"), "proxy",
+                   "--port", str(port), "--config", str(cfg)]
+            procs.append(proc := start(cmd, port, tmp.name, "proxy-baseline"))
+            targets.append(Target("baseline", port, proc.pid))
+            notes.append(f"baseline: ctxwarden in {base}, uvicorn 1 worker (uvloop, httptools)")
         if llm_python:
             port = free_port()
             proc, why = start_litellm(llm_python, fake_port, port, tmp.name)

@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .admin import AdminToken, admin_routes
 from .caching import ResponseCache, make_backend
@@ -126,6 +126,30 @@ class ProxiedRequests:
         await proxy.gateway.serve(scope, receive, send, proxy.gate)
 
 
+PROXIED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
+class ProxyApp(Starlette):
+    """Starlette, with the common case taken straight to its endpoint: a
+    request for a /v1/ path, which the router would match to the catch-all
+    route after trying every other, goes to the client-key check and the
+    gateway without the router and the exception layers around it (they cost
+    more than the rest of the server side of a small request). The gateway
+    answers proxy errors itself; anything else it raises reaches the server,
+    which answers 500 as ServerErrorMiddleware would. A root_path, which the
+    router strips before matching, takes the whole way."""
+
+    proxied: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.proxied is not None and scope["type"] == "http" and scope["path"].startswith("/v1/")
+                and not scope.get("root_path") and scope["method"] in PROXIED_METHODS):
+            scope["app"] = self
+            await self.proxied(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 async def _proxy_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
     log.info("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
@@ -167,21 +191,23 @@ def create_app(config: Config, config_path: str | None = None, last_good_path: s
         assert proxy.gateway is not None and proxy.gate is not None
         return await serve_run(request, proxy.gateway, proxy.gate)
 
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    app = Starlette(
+    proxied = ProxiedRequests(proxy)
+    app = ProxyApp(
         routes=[
             *admin_routes(proxy),
             # Not an admin endpoint: apps call it with their own upstream credentials.
             Route("/_ctxwarden/parallel", parallel, methods=["POST"]),
             # Browsers ask for it on any page; answering here keeps it out of the stats.
             Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
-            Route("/{path:path}", ProxiedRequests(proxy), methods=methods),
+            Route("/{path:path}", proxied, methods=list(PROXIED_METHODS)),
         ],
         middleware=[Middleware(AdminToken, proxy=proxy), Middleware(ClientKeyGuard, proxy=proxy)],
         exception_handlers={ProxyError: _proxy_error},
         lifespan=lifespan,
     )
     app.state.proxy = proxy
+    # the middleware a /v1/ path passes through on the router's way: AdminToken guards none
+    app.proxied = ClientKeyGuard(proxied, proxy=proxy)
     return app
 
 

@@ -13,6 +13,7 @@ as 499, like one that goes away mid-upload."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -30,13 +31,24 @@ from .context import Context
 from .dialects import chat_dialect, dialect_for, get_dialect
 from .errors import ClientClosed, NotFound, ProxyError, UpstreamError, error_response
 from .forward import forward
-from .incoming import Incoming, read_body, until_disconnected
+from .incoming import Incoming, read_body, respond, until_disconnected
 from .observability.record import RequestRecord
 from .outgoing import Slot
 from .parallel.gate import UpstreamGate
-from .routing import check_path
+from .routing import RequestPath, check_path
 
 log = logging.getLogger("ctxwarden")
+
+# Paths up to this long have their check remembered, the last 1024 of them:
+# check_path walks a path byte by byte in Python, and a proxy is sent the same
+# few paths over and over. (Longer ones are checked each time, so what is kept
+# stays small.)
+REMEMBERED_PATH_BYTES = 256
+_remembered_check = functools.lru_cache(maxsize=1024)(check_path)
+
+
+def _checked_path(raw_path: bytes) -> RequestPath:
+    return _remembered_check(raw_path) if len(raw_path) <= REMEMBERED_PATH_BYTES else check_path(raw_path)
 
 class Gateway(Context):
     """The front door over one config's Context (``Gateway.build``)."""
@@ -45,15 +57,16 @@ class Gateway(Context):
         """Answer one proxied request; the slot it takes is held until the
         whole response has been sent."""
         request = Request(scope, receive)
-        path = request.url.path
-        record = RequestRecord(route="forward", method=request.method, path=path,
+        # request.url.path, without building the URL: the path until check_path has looked at it
+        path = scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+        record = RequestRecord(route="forward", method=scope["method"], path=path,
                                dialect=dialect_for(path, request.headers).name,
                                client=scope.get(CLIENT_KEY_SCOPE, ""))
         slot, opened = Slot(gate), OpenTap()
         try:
             response = await self._answer(record, lambda: self._proxied(request, record, opened, slot))
             if record.status != ClientClosed.status:
-                await response(scope, receive, send)
+                await respond(response, scope, receive, send)
         finally:
             slot.release()
             await opened.close()
@@ -61,7 +74,7 @@ class Gateway(Context):
 
     async def _proxied(self, request: Request, record: RequestRecord, opened: OpenTap, slot: Slot) -> Response:
         raw_path = request.scope.get("raw_path") or quote(request.scope["path"]).encode()
-        path = check_path(raw_path)
+        path = _checked_path(raw_path)
         chat = chat_dialect(request.method, path.decoded)
         record.path, record.route = path.decoded, chat.route if chat else "forward"
         record.dialect = (chat or dialect_for(path.decoded, request.headers)).name

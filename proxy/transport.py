@@ -19,23 +19,58 @@ the PEM file an upstream's certificate is verified against.
 
 Egress like other HTTP tools when ``trust_env``: HTTPS_PROXY / HTTP_PROXY /
 NO_PROXY (aiohttp's reading of them, ~/.netrc for a proxy's credentials),
-and SSL_CERT_FILE / SSL_CERT_DIR in place of certifi's CAs.
+and SSL_CERT_FILE / SSL_CERT_DIR in place of certifi's CAs.  They are read
+once per upstream scheme and host, not per request: aiohttp's own
+``trust_env`` reads them (and ~/.netrc, twice) on a worker thread for every
+request, two thread hand-offs that cost more than the rest of the call.
+~/.netrc is read for the forward proxy's credentials only: an upstream gets
+the client's credentials or the configured key, never a netrc entry (with
+``trust_env`` on the session aiohttp would add one as Basic auth, and refuse
+a request that carries its own Authorization).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import anyio
 import certifi
 import httpx
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.helpers import BasicAuth, get_env_proxy_for_url
 from multidict import CIMultiDict
+from yarl import URL
 
 # aiohttp adds these unless told not to; the client's own pass through as they came.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
+
+
+# The calling request's httpx `trace` extension, for the connector to report a new connection to.
+_TRACE: contextvars.ContextVar[Callable[[str, dict], Awaitable[None]] | None] = contextvars.ContextVar(
+    "ctxwarden_upstream_trace", default=None)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """Reports each connection it opens to the request it opens it for.
+
+    Rather than an aiohttp TraceConfig: with one, aiohttp builds trace objects
+    and sends its signals for every step of every request, a tenth of its
+    time per call, to learn of the one event that matters here.
+    (_create_connection: the connector's step that opens a connection when
+    none is pooled, unchanged since aiohttp 3.0.)"""
+
+    async def _create_connection(self, req: aiohttp.ClientRequest, traces: list,
+                                 timeout: aiohttp.ClientTimeout) -> ResponseHandler:
+        connection = await super()._create_connection(req, traces, timeout)
+        trace = _TRACE.get()
+        if trace is not None:
+            await trace("connection.connect_tcp.complete", {})
+        return connection
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -43,43 +78,77 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._limits = limits
         self._trust_env = trust_env
         self._session: aiohttp.ClientSession | None = None
+        # (scheme, host) -> the forward proxy from the environment and its credentials
+        self._proxies: dict[tuple[str, str | None], tuple[URL | None, BasicAuth | None]] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use: an aiohttp session belongs to the running event loop.
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_create_end.append(_report_new_connection)
-        connector = aiohttp.TCPConnector(
+        connector = _Connector(
             limit=self._limits.max_connections or 0, limit_per_host=0,
             keepalive_timeout=self._limits.keepalive_expiry or 5.0,
             ssl=_default_context(self._trust_env))
-        return aiohttp.ClientSession(connector=connector, trace_configs=[trace], auto_decompress=False,
-                                     skip_auto_headers=_NO_AUTO_HEADERS, cookie_jar=aiohttp.DummyCookieJar(),
-                                     trust_env=self._trust_env)
+        return aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                     skip_auto_headers=_NO_AUTO_HEADERS, cookie_jar=aiohttp.DummyCookieJar())
+
+    async def _proxy_for(self, url: URL) -> tuple[URL | None, BasicAuth | None]:
+        if not self._trust_env:
+            return None, None
+        key = (url.scheme, url.host)
+        found = self._proxies.get(key)
+        if found is None:
+            # aiohttp's reading of the environment; it may read ~/.netrc, so not on the event loop
+            found = self._proxies[key] = await anyio.to_thread.run_sync(_environment_proxy, url)
+        return found
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.send(request.method, str(request.url), request.headers.raw, request.content or None,
+                                   request.extensions)
+        response.request = request
+        return response
+
+    async def send(self, method: str, url: str, headers: list[tuple[bytes, bytes]], content: bytes | None,
+                   extensions: dict) -> httpx.Response:
+        """handle_async_request without an httpx.Request: what the proxy's own
+        client calls (building a Request parses the URL and the headers once
+        more); `extensions` as a Request's. The response has no `request`."""
         if self._session is None:
             self._session = self._open()
-        timeout = request.extensions.get("timeout", {})
-        connect, pool = timeout.get("connect"), timeout.get("pool")
-        ca_bundle = request.extensions.get("ca_bundle")
+        timeout = extensions.get("timeout", {})
+        ca_bundle = extensions.get("ca_bundle")
+        target = URL(url)
+        tracing = _TRACE.set(extensions.get("trace"))
         try:
+            proxy, proxy_auth = await self._proxy_for(target)
             response = await self._session.request(
-                request.method, str(request.url), headers=_headers(request.headers.raw),
-                data=request.content or None, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=connect, sock_read=timeout.get("read"),
-                    connect=None if connect is None or pool is None else connect + pool),
-                trace_request_ctx=request.extensions.get("trace"),
+                method, target, headers=_headers(headers), proxy=proxy, proxy_auth=proxy_auth,
+                data=content or None, allow_redirects=False, timeout=_timeout(**timeout),
                 **({"ssl": _bundle_context(ca_bundle)} if ca_bundle else {}))
         except Exception as exc:
             raise _as_httpx(exc) from exc
+        finally:
+            _TRACE.reset(tracing)
         return httpx.Response(
-            response.status, headers=list(response.raw_headers), stream=_Body(response), request=request,
+            response.status, headers=list(response.raw_headers), stream=_Body(response),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode("latin-1")})
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(connect: float | None = None, read: float | None = None, write: float | None = None,
+             pool: float | None = None) -> aiohttp.ClientTimeout:
+    # aiohttp has no write timeout; connect is the wait for a pooled connection and the connecting
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read,
+                                 connect=None if connect is None or pool is None else connect + pool)
+
+
+def _environment_proxy(url: URL) -> tuple[URL | None, BasicAuth | None]:
+    try:
+        return get_env_proxy_for_url(url)
+    except LookupError:   # NO_PROXY names the host, or no proxy for its scheme
+        return None, None
 
 
 def _default_context(trust_env: bool) -> ssl.SSLContext:
@@ -93,12 +162,6 @@ def _default_context(trust_env: bool) -> ssl.SSLContext:
 def _bundle_context(path: str) -> ssl.SSLContext:
     # one context per file: building one reads and parses the whole bundle
     return ssl.create_default_context(cafile=path)
-
-
-async def _report_new_connection(session: aiohttp.ClientSession, context, params) -> None:
-    trace = context.trace_request_ctx
-    if trace is not None:
-        await trace("connection.connect_tcp.complete", {})
 
 
 def _headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict:

@@ -106,13 +106,13 @@ class UpstreamClient:
         (routing.check_path). Retried once, and only when the upstream closed a
         reused keep-alive connection before answering anything.
         """
-        request = _build_request(target, method, path, query, headers, content)
+        url = upstream_url(target.upstream.base_url, path, query)
+        sent = request_headers(headers, target.upstream, target.api_key)
         for attempt in (1, 2):
             trace = _ConnectionTrace()
-            request.extensions = {"timeout": target.timeout(), "trace": trace,
-                                  "ca_bundle": target.upstream.ca_bundle}
+            extensions = {"timeout": target.timeout(), "trace": trace, "ca_bundle": target.upstream.ca_bundle}
             try:
-                response = await self._transport.handle_async_request(request)
+                return await self._send(method, url, sent, content, extensions)
             except httpx.TimeoutException as exc:
                 log.warning("upstream %s timed out (%s) on %s %s", target.name, type(exc).__name__, method, path)
                 raise UpstreamTimeout(f"upstream {target.name!r} did not answer in time") from exc
@@ -123,22 +123,42 @@ class UpstreamClient:
                     continue
                 log.warning("upstream %s unreachable (%s) on %s %s", target.name, type(exc).__name__, method, path)
                 raise UpstreamUnavailable(f"upstream {target.name!r} could not be reached") from exc
-            response.request = request
-            return response
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _send(self, method: str, url: str, headers: list[tuple[bytes, bytes]], content: bytes | None,
+                    extensions: dict) -> httpx.Response:
+        if isinstance(self._transport, AiohttpTransport):
+            # no httpx.Request: building one parses the URL and the headers again
+            return await self._transport.send(method, url, headers, content, extensions)
+        request = httpx.Request(method, url, headers=headers, content=content, extensions=extensions)
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        return response
 
-def _build_request(target: Target, method: str, path: str, query: bytes,
-                   headers: list[tuple[bytes, bytes]], content: bytes | None) -> httpx.Request:
-    base_url = target.upstream.base_url
-    url = base_url + path + ("?" + query.decode("latin-1") if query else "")
-    request = httpx.Request(method, url, headers=request_headers(headers, target.upstream, target.api_key),
-                            content=content)
+
+def upstream_url(base_url: str, path: str, query: bytes) -> str:
+    """The URL the upstream gets, as httpx writes it; BadPath when it would
+    leave the base URL's path. Without a query (the common case) it is
+    remembered: parsing a URL costs more than the rest of an upstream call's
+    building, and a proxy sends the same few paths over and over. A query may
+    carry a credential, so one is never kept."""
+    if query:
+        return _checked_url(base_url, path, query)
+    return _checked_url_without_query(base_url, path)
+
+
+def _checked_url(base_url: str, path: str, query: bytes) -> str:
+    url = httpx.URL(base_url + path + ("?" + query.decode("latin-1") if query else ""))
     # httpx resolves dot segments when it parses a URL. check_path refuses them
     # at the door; this makes sure no path ever leaves the base URL's own.
-    if request.url.path != unquote(_base_path(base_url) + path):
+    if url.path != unquote(_base_path(base_url) + path):
         raise BadPath("the request path does not stay under the upstream's base URL")
-    return request
+    return str(url)
+
+
+@functools.lru_cache(maxsize=512)
+def _checked_url_without_query(base_url: str, path: str) -> str:
+    return _checked_url(base_url, path, b"")
 
 
 @functools.lru_cache(maxsize=256)
@@ -235,7 +255,7 @@ async def _relay_chunks(response: httpx.Response, error_dialect: Dialect | None,
             yield chunk
         error = None
     except httpx.HTTPError as exc:
-        log.warning("upstream broke off a stream (%s): %s", type(exc).__name__, response.request.url.path)
+        log.warning("upstream broke off a stream (%s): %s", type(exc).__name__, record.path if record else "")
         error = UpstreamUnavailable("the upstream broke off the stream")
         if record is not None:
             record.error_kind = "broken_stream"

@@ -44,6 +44,25 @@ class ReplicaCounts(Protocol):
     fallbacks: dict[str, int]
 
 
+class _Children:
+    """A labelled metric's children by label values, kept in a dict: its
+    labels() validates the values and takes a lock on every call, and a
+    request reports to up to ten children. Label values are bounded (above),
+    so is the dict."""
+
+    __slots__ = ("_metric", "_children")
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Counter | Histogram] = {}
+
+    def __call__(self, *values: str) -> Counter | Histogram:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -115,28 +134,34 @@ class Metrics:
                                            "1 when the last reload attempt succeeded",
                                            registry=r, multiprocess_mode="livemin")
         self.config_last_reload_ok.set(1)
+        # what observe() reports to, one _Children per labelled metric
+        self._per_request = {name: _Children(getattr(self, name)) for name in (
+            "requests", "request_seconds", "upstream_seconds", "proxy_overhead_seconds", "upstream_errors",
+            "upstream_retries", "upstream_fallbacks", "tokens_before", "tokens_after", "tokens_saved", "rewrites",
+            "cost_sent", "cost_passthrough", "rewrite_seconds")}
 
     def observe(self, record: RequestRecord) -> None:
-        self.requests.labels(record.route, record.dialect or "none", str(record.status), record.cache).inc()
-        self.request_seconds.labels(record.route).observe(record.total_seconds)
+        m = self._per_request
+        m["requests"](record.route, record.dialect or "none", str(record.status), record.cache).inc()
+        m["request_seconds"](record.route).observe(record.total_seconds)
         if record.upstream:
-            self.upstream_seconds.labels(record.upstream).observe(record.upstream_seconds)
-            self.proxy_overhead_seconds.labels(record.route).observe(record.overhead_seconds)
+            m["upstream_seconds"](record.upstream).observe(record.upstream_seconds)
+            m["proxy_overhead_seconds"](record.route).observe(record.overhead_seconds)
         if record.error_kind:
-            self.upstream_errors.labels(record.upstream or "none", record.error_kind).inc()
+            m["upstream_errors"](record.upstream or "none", record.error_kind).inc()
         for upstream, reason in record.retries:
-            self.upstream_retries.labels(upstream, reason).inc()
+            m["upstream_retries"](upstream, reason).inc()
         for failed, next_one in record.fallbacks:
-            self.upstream_fallbacks.labels(failed, next_one).inc()
+            m["upstream_fallbacks"](failed, next_one).inc()
         if record.tokens_before is not None and record.tokens_after is not None:
-            self.tokens_before.labels(record.dialect).inc(record.tokens_before)
-            self.tokens_after.labels(record.dialect).inc(record.tokens_after)
-            self.tokens_saved.labels(record.dialect).inc(record.tokens_saved)
-            self.rewrites.labels(record.dialect, record.rewrite or "none").inc()
+            m["tokens_before"](record.dialect).inc(record.tokens_before)
+            m["tokens_after"](record.dialect).inc(record.tokens_after)
+            m["tokens_saved"](record.dialect).inc(record.tokens_saved)
+            m["rewrites"](record.dialect, record.rewrite or "none").inc()
             if record.cost_sent is not None and record.cost_passthrough is not None:
-                self.cost_sent.labels(record.dialect).inc(record.cost_sent)
-                self.cost_passthrough.labels(record.dialect).inc(record.cost_passthrough)
-            self.rewrite_seconds.labels(record.dialect).observe(record.rewrite_seconds)
+                m["cost_sent"](record.dialect).inc(record.cost_sent)
+                m["cost_passthrough"](record.dialect).inc(record.cost_passthrough)
+            m["rewrite_seconds"](record.dialect).observe(record.rewrite_seconds)
 
     def watch_cache_backend(self, backend: CacheBackend) -> None:
         """Export a cache backend's own failure count (Redis keeps one)."""

@@ -25,14 +25,17 @@ ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 
 
 
 @contextlib.asynccontextmanager
-async def answering_server(context: ssl.SSLContext | None = None) -> AsyncIterator[tuple[int, list[bytes]]]:
-    """A server that records each request line and answers 200."""
+async def answering_server(context: ssl.SSLContext | None = None,
+                           ) -> AsyncIterator[tuple[int, list[bytes], list[bytes]]]:
+    """A server that records each request line (and each whole head) and answers 200."""
     lines: list[bytes] = []
+    heads: list[bytes] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             lines.append(head.split(b"\r\n", 1)[0])
+            heads.append(head)
             length = next((int(h.split(b":", 1)[1]) for h in head.split(b"\r\n")
                            if h.lower().startswith(b"content-length:")), 0)
             await reader.readexactly(length)
@@ -44,7 +47,7 @@ async def answering_server(context: ssl.SSLContext | None = None) -> AsyncIterat
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
     async with server:
-        yield server.sockets[0].getsockname()[1], lines
+        yield server.sockets[0].getsockname()[1], lines, heads
 
 
 def target(url: str, ca_bundle: str | None = None) -> Target:
@@ -59,7 +62,7 @@ async def get(client: UpstreamClient, url: str, ca_bundle: str | None = None) ->
 
 
 async def test_http_proxy_from_the_environment_is_used(monkeypatch):
-    async with answering_server() as (port, lines):
+    async with answering_server() as (port, lines, _):
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
@@ -74,7 +77,7 @@ async def test_http_proxy_from_the_environment_is_used(monkeypatch):
 
 @pytest.mark.parametrize("how", ["no_proxy", "trust_env_off"])
 async def test_no_proxy_and_trust_env_off_go_direct(monkeypatch, how):
-    async with answering_server() as (proxy_port, proxy_lines), answering_server() as (port, lines):
+    async with answering_server() as (proxy_port, proxy_lines, _), answering_server() as (port, lines, _):
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy_port}")
         if how == "no_proxy":
             monkeypatch.setenv("NO_PROXY", "127.0.0.1")
@@ -84,6 +87,29 @@ async def test_no_proxy_and_trust_env_off_go_direct(monkeypatch, how):
         finally:
             await client.aclose()
     assert proxy_lines == [] and lines == [b"GET /v1/models HTTP/1.1"]
+
+
+async def test_netrc_credentials_are_for_the_forward_proxy_only(monkeypatch, tmp_path):
+    # the environment is read once per upstream host, ~/.netrc included: an
+    # entry for the upstream's host never becomes its Authorization
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    async with answering_server() as (port, lines, heads):
+        client = UpstreamClient(ServerSettings())
+        try:
+            for _ in range(2):
+                response = await client.send(target(f"http://127.0.0.1:{port}"), "GET", "/v1/models", b"",
+                                             [(b"authorization", b"Bearer sk-client")], None)
+                assert await response.aread() == b'{"via": 1}\n'
+        finally:
+            await client.aclose()
+    assert len(heads) == 2
+    for head in heads:
+        assert b"authorization: bearer sk-client" in head.lower() and b"basic" not in head.lower()
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +127,7 @@ async def test_ca_bundle_verifies_a_private_certificate(certificate, monkeypatch
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    async with answering_server(context) as (port, lines):
+    async with answering_server(context) as (port, lines, _):
         url = f"https://127.0.0.1:{port}"
         client = UpstreamClient(ServerSettings())
         try:

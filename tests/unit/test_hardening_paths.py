@@ -1,12 +1,13 @@
 """Issue 11, point 6: a path is checked once, before routing, and the URL
 sent upstream never leaves the upstream's base URL."""
 
+import httpx
 import pytest
 
 from ctxwarden.config import Upstream
 from ctxwarden.errors import BadPath
 from ctxwarden.routing import Target, check_path
-from ctxwarden.upstream import _build_request
+from ctxwarden.upstream import upstream_url
 
 REFUSED = [
     b"/v1/x/../chat/completions", b"/v1/../_ctxwarden/config", b"/v1/%2e%2e/%2e%2e/admin",
@@ -39,10 +40,11 @@ def test_a_targets_repr_never_shows_its_key():
 
 
 def test_url_sent_upstream_never_leaves_the_base_url():
-    target = Target(Upstream("o", "openai", "http://upstream.test/prefix"), None)
-    sent = _build_request(target, "GET", "/v1/files/a%20b", b"q=%2e%2e", [], None)
-    assert sent.url.raw_path == b"/prefix/v1/files/a%20b?q=%2e%2e"
-    # check_path refuses these at the door; the guard holds even without it
+    base = "http://upstream.test/prefix"
+    assert httpx.URL(upstream_url(base, "/v1/files/a%20b", b"q=%2e%2e")).raw_path == b"/prefix/v1/files/a%20b?q=%2e%2e"
+    assert httpx.URL(upstream_url(base, "/v1/files/a%20b", b"")).raw_path == b"/prefix/v1/files/a%20b"
+    # check_path refuses these at the door; the guard holds even without it, with a query or without
     for path in ("/v1/../../admin", "/v1/./models"):
-        with pytest.raises(BadPath):
-            _build_request(target, "GET", path, b"", [], None)
+        for query in (b"", b"q=1"):
+            with pytest.raises(BadPath):
+                upstream_url(base, path, query)
