@@ -171,13 +171,29 @@ def report(targets: list[Target], wrk: dict[str, float | None], args: argparse.N
     d = direct.results
     print()
     print(f"targets ({ours.name}):")
+    # the performance issue's targets, as ratios within this one run
+    plain = r["c plain"]
+    proxy_cpu, fake_cpu = plain.per_request(plain.cpu_server), d["c plain"].per_request(d["c plain"].cpu_server)
+    ours_rps = wrk.get(ours.name) or plain.rps
+    direct_rps = wrk.get(direct.name) or d["c plain"].rps
     checks = [
-        ("added latency p50 < 1 ms (1 client, plain)", r["1 plain"].pct(50) - d["1 plain"].pct(50) < 0.001),
-        ("added latency p99 < 3 ms (1 client, plain)", r["1 plain"].pct(99) - d["1 plain"].pct(99) < 0.003),
-        (f">= 1500 req/s proxied at {c} clients (plain)", (wrk.get(ours.name) or r["c plain"].rps) >= 1500),
-        ("stream TTFB within 1 ms of direct (1 client, p50)",
-         r["1 stream"].pct(50, True) - d["1 stream"].pct(50, True) < 0.001),
+        (f"CPU per request at most 2x the fake upstream's own ({c} clients, plain): "
+         f"{proxy_cpu:.0f} / {fake_cpu:.0f} us = {proxy_cpu / fake_cpu:.1f}x", proxy_cpu <= 2 * fake_cpu),
+        (f"throughput at least 45% of direct ({c} clients, plain): {ours_rps / direct_rps:.0%}",
+         ours_rps >= 0.45 * direct_rps),
+        (f"added latency p50 < 0.5 ms (1 client, plain): {(r['1 plain'].pct(50) - d['1 plain'].pct(50)) * 1000:.3f} ms",
+         r["1 plain"].pct(50) - d["1 plain"].pct(50) < 0.0005),
+        (f"added latency p99 < 1.5 ms (1 client, plain): {(r['1 plain'].pct(99) - d['1 plain'].pct(99)) * 1000:.3f} ms",
+         r["1 plain"].pct(99) - d["1 plain"].pct(99) < 0.0015),
+        (f"stream TTFB added < 0.5 ms (1 client, p50): "
+         f"{(r['1 stream'].pct(50, True) - d['1 stream'].pct(50, True)) * 1000:.3f} ms",
+         r["1 stream"].pct(50, True) - d["1 stream"].pct(50, True) < 0.0005),
     ]
+    litellm = next((t for t in proxies if t.name == "litellm"), None)
+    if litellm is not None:
+        theirs = wrk.get(litellm.name) or litellm.results["c plain"].rps
+        checks.append((f"at least 20x LiteLLM's throughput ({c} clients, plain): {ours_rps / theirs:.1f}x",
+                       ours_rps >= 20 * theirs))
     for text, ok in checks:
         print(f"  [{'PASS' if ok else 'MISS'}] {text}")
 
