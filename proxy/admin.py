@@ -24,12 +24,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .chat import explain_request
 from .config import Config, package_file
-from .dialects import DIALECTS, dialect_for
+from .dialects import DEFAULT, DIALECTS, dialect_for, dialect_of_body
 from .errors import BadRequest, Unauthorized, error_response
 from .incoming import read_body
 from .observability import Telemetry
 from .reload import ConfigReloader
 from .upstream import UpstreamClient
+from .wirejson import parse_json
 
 log = logging.getLogger("ctxwarden")
 
@@ -125,10 +126,14 @@ def admin_routes(proxy: Proxy) -> list[Route]:
         return HTMLResponse(dashboard_page())
 
     async def explain(request: Request) -> Response:
-        dialect = _explain_dialect(request)
+        requested = _requested_dialect(request)
         server = proxy.config.server
         raw = await read_body(request, server.max_body_bytes, server.body_timeout)
-        return JSONResponse(await anyio.to_thread.run_sync(explain_request, proxy.config, dialect, raw))
+
+        def report() -> dict:
+            return explain_request(proxy.config, requested or _dialect_of(raw), raw)
+
+        return JSONResponse(await anyio.to_thread.run_sync(report))
 
     return [
         Route("/_ctxwarden/health", health, methods=["GET"]),
@@ -141,10 +146,21 @@ def admin_routes(proxy: Proxy) -> list[Route]:
     ]
 
 
-def _explain_dialect(request: Request) -> str:
+def _requested_dialect(request: Request) -> str | None:
+    """The dialect ?dialect= or an SDK's header names, if any."""
     requested = request.query_params.get("dialect")
     if requested is None:
-        return dialect_for(request.url.path, request.headers).name
+        told = next((d for d in DIALECTS.values() if d.recognises(request.headers)), None)
+        return None if told is None else told.name
     if requested not in DIALECTS:
         raise BadRequest(f"dialect must be one of {', '.join(map(repr, DIALECTS))}")
     return requested
+
+
+def _dialect_of(raw: bytes) -> str:
+    """The body's dialect from its shape, as `ctxwarden explain` tells it; a body
+    that shows none is read as the default dialect's, one that shows two is refused."""
+    body = parse_json(raw)
+    if isinstance(body, dict) and not any(d.body_signs(body) for d in DIALECTS.values()):
+        return DEFAULT.name
+    return dialect_of_body(body).name

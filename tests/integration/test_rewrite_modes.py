@@ -193,6 +193,24 @@ def test_explain_endpoint_reports_every_message_without_calling_upstream(enforce
     assert bad.status_code == 400
 
 
+def test_explain_endpoint_tells_the_dialect_from_the_body(enforce_url, upstream):
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+             {"role": "user", "content": "go on"}]
+    anthropic_body = {"model": "claude-x", "max_tokens": 64, "system": "be brief", "messages": turns}
+    as_anthropic = httpx.post(enforce_url + "/_ctxwarden/explain", json=anthropic_body, timeout=15)
+    # read as Anthropic's: the system prompt is a field of its own, not one of the messages
+    assert as_anthropic.status_code == 200, as_anthropic.text
+    assert len(as_anthropic.json()["messages"]) == 3 and as_anthropic.json()["request"]["system"] == "be brief"
+    responses_body = {"model": "gpt-4o", "instructions": "be brief", "input": turns}
+    as_responses = httpx.post(enforce_url + "/_ctxwarden/explain", json=responses_body, timeout=15)
+    assert as_responses.status_code == 200, as_responses.text
+    assert as_responses.json()["request"]["input"] == turns
+    both = {**anthropic_body, "messages": [{"role": "system", "content": "be brief"}, *turns]}
+    refused = httpx.post(enforce_url + "/_ctxwarden/explain", json=both, timeout=15)
+    assert refused.status_code == 400 and "more than one dialect" in refused.text
+    assert len(upstream.recorder) == 0
+
+
 def test_explain_cli(tmp_path):
     request = tmp_path / "request.json"
     request.write_text(json.dumps(_body()))
