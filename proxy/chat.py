@@ -11,6 +11,7 @@ from .config import Config, TokenManagement
 from .dialects import Dialect, get_dialect, request_tokens
 from .errors import BadRequest
 from .pipeline import ConversationState, RewritePlan, explain_turn, rewrite_turn
+from .pipeline.conversation import BELOW_THRESHOLD
 from .pipeline.rollout import conversation_bucket
 from .pricing import Pricing
 from .routing import Router
@@ -89,17 +90,34 @@ def budget_for(tokens: TokenManagement, body: dict, dialect: str) -> int:
     return max(1, min(tokens.budget, room))
 
 
+# Plans made, by (settings, model, dialect, output asked for, pricing): a client
+# uses a few models, and a plan costs more to make (the model's settings looked
+# up by pattern, the plan checked) than the rest of a small request's rewrite.
+# Each entry holds its settings and pricing, so their ids in the key stay theirs;
+# model names come from clients, so the map is emptied when it is full.  A dict,
+# not an LRU: worker threads make plans too, and a dict's get and set are atomic.
+_PLANS: dict[tuple, tuple[TokenManagement, Pricing, RewritePlan]] = {}
+MAX_PLANS = 512
+
+
 def rewrite_plan(tokens: TokenManagement, body: dict, pricing: Pricing, dialect: str) -> RewritePlan:
     """The plan for one request: the config's, with the budget of `budget_for`,
     priced as the upstream bills."""
     model = body["model"]
-    budget = budget_for(tokens, body, dialect)
-    return RewritePlan(
-        budget=budget, compression_threshold=tokens.compression_threshold,
+    key = (id(tokens), model, dialect, requested_output(body, dialect), id(pricing))
+    known = _PLANS.get(key)
+    if known is not None and known[0] is tokens and known[1] is pricing:
+        return known[2]
+    plan = RewritePlan(
+        budget=budget_for(tokens, body, dialect), compression_threshold=tokens.compression_threshold,
         pruning_distance=tokens.pruning_distance, tier_shares=tokens.tier_shares,
         critical_overflow=tokens.critical_overflow, encoding=tokens.encoding_for(model),
         pricing=pricing, low_water=tokens.low_water_for(model),
     )
+    if len(_PLANS) >= MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = (tokens, pricing, plan)
+    return plan
 
 
 def parse_chat_body(raw: bytes, dialect: Dialect) -> dict:
@@ -144,6 +162,13 @@ def prepare_chat(tokens: TokenManagement, dialect: str, raw: bytes, body: dict, 
             return ChatRequest(dialect, body, raw, count, count, "off")
         reason = wire.unmanaged(body)
         return ChatRequest(dialect, body, raw, count, count, "unchanged" if reason else "excluded", reason)
+    if state is None and len(raw) <= plan.threshold_tokens:
+        # a small body (a token is at least a byte, give or take the per-message
+        # overheads): counted as the provider bills it, it is usually below the
+        # threshold, and then that is all the rewrite would have done
+        count = request_tokens(body, wire, plan.encoding)
+        if count <= plan.threshold_tokens:
+            return ChatRequest(dialect, body, raw, count, count, "unchanged", BELOW_THRESHOLD)
     try:
         outcome = rewrite_turn(body, dialect, plan, state, keys)
     except Exception:

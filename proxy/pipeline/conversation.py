@@ -49,6 +49,7 @@ BUDGET_SLACK = 0.01        # a compaction may cost at most this share of the pas
 MIN_NOTE_TOKENS = 256
 LOW_WATER_STEPS = 24       # low-water levels tried, evenly up to plan.low_water of the room
 PAYBACK_SHARE = 0.5        # a compaction must pay back within this share of the turns until the next
+BELOW_THRESHOLD = "below the compression threshold"
 LONG_REPLY_SHARE = 0.25    # a kept assistant reply longer than this share of the room is cut at compaction
 TASK_SHARE = 0.25          # the task statement is pinned whole when it takes at most this share of the budget
 
@@ -214,7 +215,7 @@ def rewrite_turn(body: dict, dialect: str, plan: RewritePlan, state: Conversatio
     counts = list(state.original_tokens) + [run.parsed(i).tokens for i in range(state.covered, n)]
     tokens_before = run.fixed_tokens + sum(counts)
     if tokens_before <= plan.threshold_tokens:
-        return TurnOutcome(body, False, "unchanged", "below the compression threshold", tokens_before,
+        return TurnOutcome(body, False, "unchanged", BELOW_THRESHOLD, tokens_before,
                            tokens_before)
     problems = run.dialect.check_structure(run.messages)
     if problems:
