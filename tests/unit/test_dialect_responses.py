@@ -3,7 +3,9 @@ structure, token counts, streams, and the rewrite of an agent conversation."""
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 
 import pytest
 
@@ -140,6 +142,11 @@ def test_token_counts():
     assert item_tokens(with_id, ENC) == item_tokens({"role": "user", "content": "hello"}, ENC)
     image = {"role": "user", "content": [{"type": "input_image", "image_url": "https://x/y.png", "detail": "high"}]}
     assert item_tokens(image, ENC) == 3 + count_text("user", ENC) + 85
+    # a known size: the part's own `detail` decides, as in the API (a 2000 x 2000 PNG: 4 tiles high, 85 low)
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I4sII5B", 13, b"IHDR", 2000, 2000, 8, 6, 0, 0, 0) + b"\0" * 4
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    sized = [{"role": "user", "content": [{"type": "input_image", "image_url": url, "detail": d}]} for d in ("high", "low")]
+    assert [item_tokens(m, ENC) - 3 - count_text("user", ENC) for m in sized] == [85 + 170 * 4, 85]
     plain, instructed = body("hi"), body("hi")
     del plain["instructions"]
     assert request_tokens(instructed, R, ENC) - request_tokens(plain, R, ENC) == 3 + count_text(

@@ -66,7 +66,8 @@ def image_tokens(width: int | None, height: int | None, detail: str = "auto") ->
     return IMAGE_LOW_DETAIL + IMAGE_TILE * tiles
 
 
-def _part_tokens(part: Any, encoding: str) -> int:
+def part_tokens(part: Any, encoding: str) -> int:
+    """Tokens of one content part, of Chat Completions or the Responses API."""
     if isinstance(part, str):
         return count_text(part, encoding)
     if not isinstance(part, dict):
@@ -76,9 +77,10 @@ def _part_tokens(part: Any, encoding: str) -> int:
         text = part.get("text", part.get("refusal", ""))
         return count_text(text, encoding) if isinstance(text, str) else count_json(text, encoding)
     if ptype in ("image_url", "input_image", "image"):
+        # chat: {"image_url": {"url", "detail"}}; the Responses API: {"image_url": url, "detail"}
         spec = part.get("image_url", part)
         url = spec.get("url") if isinstance(spec, dict) else spec
-        detail = spec.get("detail", "auto") if isinstance(spec, dict) else "auto"
+        detail = (spec if isinstance(spec, dict) else part).get("detail", "auto")
         size = data_url_size(url)
         if size is None:
             return image_tokens(None, None, "low")
@@ -87,7 +89,7 @@ def _part_tokens(part: Any, encoding: str) -> int:
 
 
 def _content_tokens(content: Any, encoding: str) -> int:
-    return count_content(content, encoding, _part_tokens)
+    return count_content(content, encoding, part_tokens)
 
 
 def _tool_call_tokens(call: Any, encoding: str) -> int:

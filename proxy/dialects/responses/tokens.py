@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...tokens import DEFAULT_ENCODING, count_content, count_json, count_text, data_url_size
-from ..openai.tokens import (REPLY_PRIMING, TOKENS_PER_MESSAGE, TOKENS_PER_TOOL_CALL, image_tokens,
+from ...tokens import DEFAULT_ENCODING, count_content, count_json, count_text
+from ..openai.tokens import (REPLY_PRIMING, TOKENS_PER_MESSAGE, TOKENS_PER_TOOL_CALL, part_tokens,
                              tools_tokens)
 from .items import group_items
 
@@ -32,20 +32,9 @@ _BOOKKEEPING = frozenset({"id", "type", "status"})
 
 
 def _part_tokens(part: Any, encoding: str) -> int:
-    if not isinstance(part, dict):
-        return count_json(part, encoding)
-    ptype = part.get("type")
-    if ptype in ("input_text", "output_text", "text", "summary_text") and isinstance(part.get("text"), str):
-        return count_text(part["text"], encoding)
-    if ptype == "refusal" and isinstance(part.get("refusal"), str):
-        return count_text(part["refusal"], encoding)
-    if ptype == "input_image":
-        size = data_url_size(part.get("image_url"))
-        detail = part.get("detail")
-        if size is None:
-            return image_tokens(None, None, "low")
-        return image_tokens(size[0], size[1], detail if isinstance(detail, str) else "auto")
-    return count_json(part, encoding)
+    if isinstance(part, dict) and part.get("type") == "summary_text" and isinstance(part.get("text"), str):
+        return count_text(part["text"], encoding)   # a reasoning item's summary
+    return part_tokens(part, encoding)
 
 
 def _content_tokens(content: Any, encoding: str) -> int:
