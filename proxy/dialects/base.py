@@ -53,6 +53,13 @@ class Message:
     unknown: bool = False           # unknown role/shape: critical, never touched
 
 
+def unknown_message(index: int, wire: Any, tokens: int) -> Message:
+    """A message of a shape the dialect does not know: carried as it came and
+    never rewritten (its role kept when it names one)."""
+    role = wire.get("role") if isinstance(wire, dict) and isinstance(wire.get("role"), str) else ""
+    return Message(index=index, role=role, wire=wire, tokens=tokens, unknown=True)
+
+
 def _set_path(obj: Any, path: Path, value: Any) -> Any:
     if not path:
         return value

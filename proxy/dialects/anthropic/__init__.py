@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import Message, check_messages_body, messages_of, no_reason, with_messages
+from ..base import Message, check_messages_body, messages_of, no_reason, unknown_message, with_messages
 from ...pricing import ANTHROPIC_PRICING
 from .markers import cache_hints
 from .stream import assemble_stream, replay_stream
@@ -70,9 +70,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
     if tokens is None:
         tokens = message_tokens(wire, encoding)
     if not isinstance(wire, dict) or wire.get("role") not in ROLES:
-        role = wire.get("role") if isinstance(wire, dict) and isinstance(wire.get("role"), str) else ""
-        return Message(index=index, role=role, wire=wire, tokens=tokens,
-                       unknown=True)
+        return unknown_message(index, wire, tokens)
     role = wire["role"]
     segments: list = []
     texts: list[str] = []

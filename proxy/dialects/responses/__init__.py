@@ -26,7 +26,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import Message
+from ..base import Message, unknown_message
 from ..openai import answer_headers, cache_hints, credential_headers, error_body, latest_user_kept, parts_text
 from ...errors import BadRequest
 from ...pricing import OPENAI_PRICING
@@ -125,8 +125,7 @@ def parse_message(index: int, wire: Any, encoding: str, tokens: int | None = Non
     if items is None:
         # a user, system or developer message item
         if kind(wire) != "message" or wire.get("role") not in MESSAGE_ROLES:
-            role = wire.get("role") if isinstance(wire, dict) and isinstance(wire.get("role"), str) else ""
-            return Message(index=index, role=role, wire=wire, tokens=tokens, unknown=True)
+            return unknown_message(index, wire, tokens)
         role = wire["role"]
         opaque, unknown = _content(wire.get("content"), ("content",), segments, texts)
         frozen = False
