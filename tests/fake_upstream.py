@@ -643,15 +643,21 @@ class FakeUpstream:
             return None, self._bad_request(request, "fake upstream: body is not an object")
         return data, None
 
-    async def _chat_body(self, request: Request) -> tuple[dict, bytes] | Response:
-        """The parsed and raw body of a chat request, or the fault / error to answer with."""
+    async def _json_body(self, request: Request) -> tuple[dict, bytes] | Response:
+        """The parsed and raw body of a JSON request (recorded), or the fault / error to answer with."""
         body = await self._record(request)
         fault = await self._faults(request, body)
         if fault is not None:
             return fault
         data, err = await self._parse(request, body)
-        if err is not None:
-            return err
+        return err if err is not None else (data, body)
+
+    async def _chat_body(self, request: Request) -> tuple[dict, bytes] | Response:
+        """The parsed and raw body of a chat request, or the fault / error to answer with."""
+        accepted = await self._json_body(request)
+        if isinstance(accepted, Response):
+            return accepted
+        data, body = accepted
         if not isinstance(data.get("messages"), list) or not data.get("model"):
             return self._bad_request(request, "fake upstream: 'model' and 'messages' are required")
         # reject what the real API rejects, so a rewrite that breaks the wire rules fails the tests
@@ -926,13 +932,10 @@ class FakeUpstream:
     # -- OpenAI responses
 
     async def responses(self, request: Request) -> Response:
-        body = await self._record(request)
-        fault = await self._faults(request, body)
-        if fault is not None:
-            return fault
-        data, err = await self._parse(request, body)
-        if err is not None:
-            return err
+        accepted = await self._json_body(request)
+        if isinstance(accepted, Response):
+            return accepted
+        data, body = accepted
         problems = chat_problems("responses", data)
         if problems:
             return self._bad_request(request, "fake upstream (strict): " + describe(problems))
@@ -1004,13 +1007,10 @@ class FakeUpstream:
         )
 
     async def embeddings(self, request: Request) -> Response:
-        body = await self._record(request)
-        fault = await self._faults(request, body)
-        if fault is not None:
-            return fault
-        data, err = await self._parse(request, body)
-        if err is not None:
-            return err
+        accepted = await self._json_body(request)
+        if isinstance(accepted, Response):
+            return accepted
+        data, body = accepted
         inputs = data.get("input")
         if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
             inputs = [inputs]
