@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
+
+from ctxwarden.app import create_app
+from ctxwarden.config import parse_config
+from tests.servers import serve_app
 
 OPENAI_MODEL = "gpt-4o-mini"
 ANTHROPIC_MODEL = "claude-test-model"
@@ -115,3 +121,28 @@ def anthropic_body(text: str = "hello", **extra: Any) -> dict:
 
 ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01", "x-api-key": "sk-ant-test"}
 OPENAI_HEADERS = {"authorization": "Bearer sk-test"}
+
+
+def small_budget_config(upstream_url: str, budget: int, extra: str = "") -> str:
+    """A config with a small token budget (so a short conversation is rewritten),
+    both dialects' upstreams at ``upstream_url``, and ``extra`` elements."""
+    return f"""<performance_optimization>
+  <token_management>
+    <budget>{budget}</budget>
+    <compression_threshold>0.7</compression_threshold>
+    <pruning_distance>3</pruning_distance>
+  </token_management>
+  {extra}
+  <upstreams>
+    <upstream name="openai" dialect="openai" base_url="{upstream_url}"/>
+    <upstream name="anthropic" dialect="anthropic" base_url="{upstream_url}"/>
+  </upstreams>
+</performance_optimization>"""
+
+
+@contextlib.contextmanager
+def served(xml: str) -> Iterator[tuple[str, Any]]:
+    """A proxy app on its own loopback port: (base URL, the app)."""
+    app = create_app(parse_config(xml))
+    with serve_app(app) as url:
+        yield url, app

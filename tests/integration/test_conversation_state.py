@@ -20,7 +20,6 @@ that it is compacted several times:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import time
@@ -33,12 +32,12 @@ import httpx
 import openai
 import pytest
 
-from ctxwarden.app import create_app
 from ctxwarden.cache import conversation_store_key, credential_fingerprint
-from ctxwarden.config import parse_config
 from ctxwarden.pipeline import ConversationState, conversation_keys
 from ctxwarden.dialects.anthropic.markers import count_breakpoints
-from tests.servers import cli_server, serve_app
+from tests.servers import cli_server
+
+from ._helpers import served, small_budget_config
 
 BUDGET = 4000
 OPENAI_MODEL = "gpt-4o-mini"
@@ -65,26 +64,7 @@ ANTHROPIC_TOOLS = [{"name": "bash", "description": "Run a shell command",
 
 
 def _config(upstream_url: str, cache: str = "") -> str:
-    return f"""<performance_optimization>
-  <token_management>
-    <budget>{BUDGET}</budget>
-    <compression_threshold>0.7</compression_threshold>
-    <pruning_distance>3</pruning_distance>
-  </token_management>
-  {cache}
-  <upstreams>
-    <upstream name="openai" dialect="openai" base_url="{upstream_url}"/>
-    <upstream name="anthropic" dialect="anthropic" base_url="{upstream_url}"/>
-  </upstreams>
-</performance_optimization>"""
-
-
-@contextlib.contextmanager
-def _proxy(xml: str) -> Iterator[tuple[str, Any]]:
-    """A proxy app on its own loopback port: (base URL, the app)."""
-    app = create_app(parse_config(xml))
-    with serve_app(app) as url:
-        yield url, app
+    return small_budget_config(upstream_url, BUDGET, cache)
 
 
 # ------------------------------------------------------------------ the conversation
@@ -269,7 +249,7 @@ def single_proxy_turns(fake_upstream_server, sender):
     def run(variant: str) -> Reference:
         if variant not in done:
             turns, hits = [], []
-            with _proxy(_config(fake_upstream_server.url)) as (url, app):
+            with served(_config(fake_upstream_server.url)) as (url, app):
                 backend = app.state.proxy.cache.backend
                 for messages in HISTORIES[variant]():
                     before = backend.hits
@@ -362,11 +342,11 @@ def test_alternating_replicas_send_what_one_proxy_sends(variant, fake_upstream_s
     reference = single_proxy_turns(variant)
     alone = reference.turns
     xml = _config(fake_upstream_server.url)
-    with _proxy(xml) as (first, first_app), _proxy(xml) as (second, second_app):
+    with served(xml) as (first, first_app), served(xml) as (second, second_app):
         alternating = [sender.send(dialect, (first, second)[i % 2], messages, upstream.recorder)
                        for i, messages in enumerate(history)]
         assert first_app.state.proxy.cache.backend is not second_app.state.proxy.cache.backend
-    with _proxy(xml) as (fresh, _):
+    with served(xml) as (fresh, _):
         last = sender.send(dialect, fresh, history[-1], upstream.recorder)
 
     _assert_shape(alone, history, dialect)
@@ -404,7 +384,7 @@ def test_replicas_on_one_redis_continue_each_others_state(dialect, fake_upstream
     store = redis.Redis.from_url(redis_url)
     turns: list[Turn] = []
     try:
-        with _proxy(xml) as (first, first_app), _proxy(xml) as (second, second_app):
+        with served(xml) as (first, first_app), served(xml) as (second, second_app):
             replicas = [(first, first_app.state.proxy.cache.backend), (second, second_app.state.proxy.cache.backend)]
             assert all(backend.name == "redis" for _, backend in replicas)
             for i, messages in enumerate(history):
@@ -482,7 +462,7 @@ def _conversation_keys_in(backend) -> set[str]:
 def test_conversation_state_is_per_tenant(fake_upstream_server, upstream, sender):
     # three consecutive turns after the first compaction (turns 5 to 7: append, append, compact)
     k1, k2, k3 = openai_history()[5:8]
-    with _proxy(_config(fake_upstream_server.url)) as (url, app):
+    with served(_config(fake_upstream_server.url)) as (url, app):
         backend = app.state.proxy.cache.backend
         assert backend.name == "memory"
         a1 = sender.send("openai", url, k1, upstream.recorder, key="a")
@@ -516,7 +496,7 @@ def test_a_retried_turn_sends_the_same_bytes(fake_upstream_server, upstream, sen
     """A client retrying a turn the upstream failed (the state was stored before
     the call) gets the very same request sent again, not a second rewrite."""
     history = openai_history()
-    with _proxy(_config(fake_upstream_server.url)) as (url, app):
+    with served(_config(fake_upstream_server.url)) as (url, app):
         backend = app.state.proxy.cache.backend
         for messages in history[3:7]:
             sender.send("openai", url, messages, upstream.recorder)
@@ -546,7 +526,7 @@ def _metric_total(text: str, name: str) -> float:
 
 def test_cost_headers_metrics_and_stats(fake_upstream_server, upstream, sender):
     history = openai_history()
-    with _proxy(_config(fake_upstream_server.url)) as (url, _):
+    with served(_config(fake_upstream_server.url)) as (url, _):
         turns = [sender.send("openai", url, messages, upstream.recorder) for messages in history]
         with httpx.Client(base_url=url, timeout=15) as admin:
             # the request's record is finished just after its response is sent

@@ -5,22 +5,16 @@ response cache, a long agent conversation compacted within the budget,
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from ctxwarden.app import create_app
-from ctxwarden.config import parse_config
 from ctxwarden.dialects import get_dialect, request_tokens
 from tests.fake_upstream import expected_reply
-from tests.servers import serve_app
 
-from ._helpers import OPENAI_MODEL, assert_openai_error, assert_token_headers
+from ._helpers import OPENAI_MODEL, assert_openai_error, assert_token_headers, served, small_budget_config
 
 BUDGET = 4000
 INSTRUCTIONS = "You are a careful coding agent. Read files with the read_file tool before changing them."
@@ -30,26 +24,9 @@ TOOLS = [{"type": "function", "name": "read_file", "description": "Read a file",
 RESPONSES = get_dialect("responses")
 
 
-def _config(upstream_url: str) -> str:
-    return f"""<performance_optimization>
-  <token_management>
-    <budget>{BUDGET}</budget>
-    <compression_threshold>0.7</compression_threshold>
-    <pruning_distance>3</pruning_distance>
-  </token_management>
-  <upstreams>
-    <upstream name="openai" dialect="openai" base_url="{upstream_url}"/>
-    <upstream name="anthropic" dialect="anthropic" base_url="{upstream_url}"/>
-  </upstreams>
-</performance_optimization>"""
-
-
-@contextlib.contextmanager
-def _proxy(upstream_url: str) -> Iterator[tuple[str, Any]]:
+def _proxy(upstream_url: str):
     """A proxy with a small budget on its own loopback port: (base URL, the app)."""
-    app = create_app(parse_config(_config(upstream_url)))
-    with serve_app(app) as url:
-        yield url, app
+    return served(small_budget_config(upstream_url, BUDGET))
 
 
 def _client(url: str) -> openai.OpenAI:
