@@ -11,11 +11,10 @@ on uvloop, N times; the figure is CPU time (process_time) per use.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-import time
 
 import anyio
+
+from _micro import load_average, per_await_us, run
 
 N = 20000
 
@@ -56,21 +55,10 @@ async def asyncio_timeout() -> None:
 
 
 async def main() -> None:
-    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(load_average())
     for construct in (task_group, scope_and_bare_task, anyio_fail_after, asyncio_timeout):
-        best = float("inf")
-        for _ in range(3):
-            started = time.process_time()
-            for _ in range(N):
-                await construct()
-            await asyncio.sleep(0)   # the cancelled tasks end here, inside the measurement
-            best = min(best, (time.process_time() - started) / N)
-        print(f"  {construct.__name__:22} {best * 1e6:6.1f} us per use")
+        print(f"  {construct.__name__:22} {await per_await_us(construct, N):6.1f} us per use")
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        sys.exit(asyncio.run(main()))
-    sys.exit(uvloop.run(main()))
+    run(main)

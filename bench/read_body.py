@@ -6,16 +6,14 @@ limits, deadline), from an ASGI receive that has it in one message.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sys
-import time
 from pathlib import Path
 
 from starlette.requests import Request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _micro import load_average, per_await_us, run  # noqa: E402
 from ctxwarden.incoming import read_body  # noqa: E402
 
 N = 20000
@@ -29,19 +27,10 @@ async def receive() -> dict:
 
 
 async def main() -> None:
-    best = float("inf")
-    for _ in range(3):
-        started = time.process_time()
-        for _ in range(N):
-            await read_body(Request(SCOPE, receive), 1 << 20, 30)
-        best = min(best, (time.process_time() - started) / N)
-    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"  read_body: {best * 1e6:.1f} us per request")
+    per_request = await per_await_us(lambda: read_body(Request(SCOPE, receive), 1 << 20, 30), N)
+    print(load_average())
+    print(f"  read_body: {per_request:.1f} us per request")
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        sys.exit(asyncio.run(main()))
-    sys.exit(uvloop.run(main()))
+    run(main)

@@ -7,14 +7,14 @@ off, as in bench/overhead.py).
 
 from __future__ import annotations
 
+import itertools
 import logging
-import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _micro import load_average, per_call_us  # noqa: E402
 from ctxwarden.observability import Telemetry  # noqa: E402
 from ctxwarden.observability.record import RequestRecord  # noqa: E402
 
@@ -30,16 +30,16 @@ def record() -> RequestRecord:
 def main() -> int:
     logging.getLogger("ctxwarden.request").setLevel(logging.WARNING)
     telemetry = Telemetry()
-    records = [record() for _ in range(N)]
-    best = float("inf")
-    for _ in range(3):
-        started = time.process_time()
-        for r in records:
-            telemetry.start(r)
-            telemetry.finish(r)
-        best = min(best, (time.process_time() - started) / N)
-    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"  Telemetry.start + finish: {best * 1e6:.1f} us per request")
+    records = itertools.cycle([record() for _ in range(N)])
+
+    def start_and_finish() -> None:
+        r = next(records)
+        telemetry.start(r)
+        telemetry.finish(r)
+
+    per_request = per_call_us(start_and_finish, N)
+    print(load_average())
+    print(f"  Telemetry.start + finish: {per_request:.1f} us per request")
     return 0
 
 

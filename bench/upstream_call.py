@@ -8,15 +8,14 @@ same call (what the proxy did before).
 
 from __future__ import annotations
 
-import os
 import sys
-import timeit
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _micro import load_average, per_call_us  # noqa: E402
 from ctxwarden.config import Timeouts, Upstream  # noqa: E402
 from ctxwarden.routing import Target  # noqa: E402
 from ctxwarden.transport import _headers, _timeout  # noqa: E402
@@ -41,11 +40,9 @@ def prepared() -> None:
 
 
 def main() -> int:
-    n = 20000
-    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(load_average())
     for name, call in (("httpx.Request (before)", httpx_request), ("URL, headers, timeout (now)", prepared)):
-        seconds = min(timeit.repeat(call, number=n, repeat=5)) / n
-        print(f"  {name:30} {seconds * 1e6:7.1f} us per call")
+        print(f"  {name:30} {per_call_us(call, 20000, repeat=5):7.1f} us per call")
     return 0
 
 
