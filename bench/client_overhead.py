@@ -1,10 +1,11 @@
 """What does the upstream HTTP client alone cost per request?
 
 Starts the fake upstream (one uvicorn worker) and drives it from this process
-with (1) httpx.AsyncHTTPTransport, (2) aiohttp's ClientSession, (3) the
-proxy's UpstreamClient (aiohttp under httpx's interface), and (4) a
-minimal keep-alive pool on asyncio protocols + the httptools response parser,
-at concurrency 1 and 50. Prints req/s and this process's CPU per request: the
+with (1) httpx.AsyncHTTPTransport, (2) aiohttp's ClientSession (when aiohttp
+is installed: it is not a dependency), (3) the proxy's UpstreamClient (its own
+HTTP/1.1 pool under httpx's interface, proxy/transport.py), and (4) a minimal
+keep-alive pool on asyncio protocols + the httptools response parser (no
+timeouts, limits, TLS or proxies: the floor), at concurrency 1 and 50. Prints req/s and this process's CPU per request: the
 floor the proxy's own upstream leg costs with each client.
 
     python bench/client_overhead.py [--n 3000]
@@ -120,8 +121,11 @@ async def bench_httpx(port: int, conc: int, n: int, keepalive: int) -> tuple[flo
         await transport.aclose()
 
 
-async def bench_aiohttp(port: int, conc: int, n: int) -> tuple[float, float]:
-    import aiohttp
+async def bench_aiohttp(port: int, conc: int, n: int) -> tuple[float, float] | None:
+    try:
+        import aiohttp
+    except ImportError:
+        return None
 
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100), skip_auto_headers=("User-Agent",),
                                     auto_decompress=False)
@@ -190,12 +194,16 @@ def main() -> int:
             ("httpx transport (keepalive 100)", 50, lambda: bench_httpx(port, 50, args.n, 100)),
             ("aiohttp ClientSession", 1, lambda: bench_aiohttp(port, 1, args.n)),
             ("aiohttp ClientSession", 50, lambda: bench_aiohttp(port, 50, args.n)),
-            ("ctxwarden UpstreamClient (aiohttp transport)", 1, lambda: bench_ctxwarden(port, 1, args.n)),
-            ("ctxwarden UpstreamClient (aiohttp transport)", 50, lambda: bench_ctxwarden(port, 50, args.n)),
+            ("ctxwarden UpstreamClient (own pool)", 1, lambda: bench_ctxwarden(port, 1, args.n)),
+            ("ctxwarden UpstreamClient (own pool)", 50, lambda: bench_ctxwarden(port, 50, args.n)),
             ("asyncio protocol + httptools, LIFO pool", 1, lambda: bench_lean(port, 1, args.n)),
             ("asyncio protocol + httptools, LIFO pool", 50, lambda: bench_lean(port, 50, args.n)),
         ]:
-            rps, cpu_per = uvloop.run(coro())
+            measured = uvloop.run(coro())
+            if measured is None:
+                print(f"{label:44} {conc:>4}  not installed (pip install aiohttp to compare)")
+                continue
+            rps, cpu_per = measured
             print(f"{label:44} {conc:>4} {rps:>7.0f} {cpu_per * 1e6:>12.0f} us")
     finally:
         fake.terminate()

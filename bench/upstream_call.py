@@ -1,7 +1,7 @@
 """CPU per upstream call spent building it, outside the pool: the URL (checked
-to stay under the base URL), the headers as the upstream gets them, and
-the aiohttp timeout; beside what building an httpx.Request costs for the
-same call (what the proxy did before).
+to stay under the base URL), the headers as the upstream gets them, and the
+request's head as it goes on the wire; beside what building an httpx.Request
+costs for the same call (what the proxy did before).
 
     python bench/upstream_call.py
 """
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _micro import load_average, per_call_us  # noqa: E402
 from ctxwarden.config import Timeouts, Upstream  # noqa: E402
 from ctxwarden.routing import Target  # noqa: E402
-from ctxwarden.transport import _headers, _timeout  # noqa: E402
+from ctxwarden.transport import origin_of, request_head  # noqa: E402
 from ctxwarden.upstream import request_headers, upstream_url  # noqa: E402
 
 UPSTREAM = Upstream("openai", "openai", "http://127.0.0.1:9001", timeouts=Timeouts(connect=5, read=60, write=5, pool=5))
@@ -34,14 +34,14 @@ def httpx_request() -> None:
 
 
 def prepared() -> None:
-    upstream_url(UPSTREAM.base_url, PATH, b"")
-    _headers(request_headers(HEADERS, UPSTREAM, None))
-    _timeout(**TARGET.timeout())
+    origin = origin_of(upstream_url(UPSTREAM.base_url, PATH, b""))
+    request_head("POST", origin.target, origin.authority, request_headers(HEADERS, UPSTREAM, None), BODY, None)
+    TARGET.timeout()
 
 
 def main() -> int:
     print(load_average())
-    for name, call in (("httpx.Request (before)", httpx_request), ("URL, headers, timeout (now)", prepared)):
+    for name, call in (("httpx.Request (before)", httpx_request), ("URL, headers, head (now)", prepared)):
         print(f"  {name:30} {per_call_us(call, 20000, repeat=5):7.1f} us per call")
     return 0
 

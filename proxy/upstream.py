@@ -1,5 +1,5 @@
 """Forwarding to an upstream over the process's one connection pool (an httpx
-transport, aiohttp's pool under it: see transport.py), and relaying its
+transport, our own HTTP/1.1 pool under it: see transport.py), and relaying its
 answer back: whole for small bodies, chunk by chunk for streams."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .errors import BadPath, UpstreamTimeout, UpstreamUnavailable
 from .observability.record import RequestRecord
 from .retrying import attempts_header
 from .routing import Target
-from .transport import AiohttpTransport
+from .transport import Http11Transport
 
 log = logging.getLogger("ctxwarden.upstream")
 
@@ -75,8 +75,8 @@ class UpstreamClient:
     """
 
     def __init__(self, server: ServerSettings, transport: httpx.AsyncBaseTransport | None = None):
-        # aiohttp's pool by default (transport.py); tests may hand in httpx's own (respx mocks it)
-        self._transport = transport or AiohttpTransport(
+        # our pool by default (transport.py); tests may hand in httpx's own (respx mocks it)
+        self._transport = transport or Http11Transport(
             httpx.Limits(max_connections=server.max_connections,
                          max_keepalive_connections=server.max_keepalive_connections),
             trust_env=server.trust_env)
@@ -127,7 +127,7 @@ class UpstreamClient:
 
     async def _send(self, method: str, url: str, headers: list[tuple[bytes, bytes]], content: bytes | None,
                     extensions: dict) -> httpx.Response:
-        if isinstance(self._transport, AiohttpTransport):
+        if isinstance(self._transport, Http11Transport):
             # no httpx.Request: building one parses the URL and the headers again
             return await self._transport.send(method, url, headers, content, extensions)
         request = httpx.Request(method, url, headers=headers, content=content, extensions=extensions)

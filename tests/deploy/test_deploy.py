@@ -370,3 +370,16 @@ def test_the_image_entrypoint_runs_here(local_config, upstream):
             proc.kill()
         out = proc.communicate(timeout=10)[0]
     assert "deploy-test-token" not in out and "sk-deploy-test" not in out
+
+
+def test_every_source_package_is_in_the_wheel():
+    # pyproject lists the packages by hand (the source folder is not named like
+    # the import): a subpackage missing there is missing from the image
+    import tomllib
+
+    listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    source = REPO_ROOT / "proxy"
+    found = {".".join(("ctxwarden",) + init.parent.relative_to(source).parts)
+             for init in source.rglob("__init__.py")}
+    assert found == listed, f"pyproject.toml [tool.setuptools] packages: missing {sorted(found - listed)}, " \
+                            f"stale {sorted(listed - found)}"

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -110,16 +108,6 @@ async def test_netrc_credentials_are_for_the_forward_proxy_only(monkeypatch, tmp
     assert len(heads) == 2
     for head in heads:
         assert b"authorization: bearer sk-client" in head.lower() and b"basic" not in head.lower()
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    return cert, key
 
 
 async def test_ca_bundle_verifies_a_private_certificate(certificate, monkeypatch):
