@@ -47,7 +47,6 @@ class Connection(asyncio.Protocol):
         self._has_head = False
         self._informational = False
         self._head_only = False
-        self._until_close = False
         self._complete = False
         self._keep_alive = False
         self._chunks: deque[bytes] = deque()
@@ -154,8 +153,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._answering and not self._complete:
-            if self._until_close and exc is None:
-                self._complete = True   # a body without a length ends with the connection
+            if exc is None and self._has_head and self._ends_with_close():
+                self._complete = True
                 self._wake()
             elif not self._has_head and not self._chunks:
                 self._fail(httpx.RemoteProtocolError(CLOSED_BEFORE_ANSWERING))
@@ -164,6 +163,12 @@ class Connection(asyncio.Protocol):
                     "peer closed connection without sending complete message body"))
         if self.on_lost is not None:
             self.on_lost(self)
+
+    def _ends_with_close(self) -> bool:
+        # a body framed by neither a length nor chunks ends with the connection
+        # (asked only when it closes: nothing to look up on every answer)
+        return self._status not in (204, 304) and not any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._headers)
 
     # ------------------------------------------------------------ httptools' callbacks
 
@@ -183,9 +188,6 @@ class Connection(asyncio.Protocol):
         if self._head_only:
             # the parser does not know the request: it would wait for a body that never comes
             self._complete, self._keep_alive, self._answering = True, False, False
-        elif status not in (204, 304) and not any(
-                name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._headers):
-            self._until_close = True
         self._wake()
 
     def on_body(self, body: bytes) -> None:

@@ -27,6 +27,9 @@ class Slot:
         self.held = False
 
     async def take(self, timeout: float) -> None:
+        if self.gate.try_acquire("interactive"):
+            self.held = True   # a free slot: no timer to arm and cancel
+            return
         try:
             # asyncio's timeout, a third of anyio.fail_after's cost (bench/cancel_scopes.py);
             # a client gone meanwhile still cancels the wait through the gateway's anyio scope

@@ -215,17 +215,21 @@ async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes
     length = response.headers.get("content-length")
     if length is not None and int(length) <= WHOLE_BODY_LIMIT:
         try:
-            body = b"".join([chunk async for chunk in response.aiter_raw()])
-        except httpx.HTTPError as exc:
+            # the transport's stream itself: aiter_raw's bookkeeping is for
+            # callers that read an answer more than once
+            body = b"".join([chunk async for chunk in response.stream])
+        except BaseException as exc:
+            # Shielded: when the client went away this runs in a cancelled scope.
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            if not isinstance(exc, httpx.HTTPError):
+                raise
             log.warning("upstream broke off its answer: %s", type(exc).__name__)
             error = UpstreamUnavailable("the upstream broke off its answer")
             if tap is not None:
                 await tap.end(error)
             raise error from exc
-        finally:
-            # Shielded: when the client went away this runs in a cancelled scope.
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
+        await response.aclose()
         if tap is not None:
             tap.start(response.status_code, upstream_headers)
             tap.chunk(body)

@@ -59,7 +59,8 @@ _NOT_PARSED = object()
 
 def _whole(raw: bytes) -> Any:
     try:
-        return json.loads(raw, parse_float=_finite, parse_constant=_not_a_number)
+        # json.loads would build a decoder per call for these hooks
+        return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except RecursionError as exc:
         raise BadRequest(f"request body is nested deeper than {MAX_DEPTH} levels") from exc
     except (ValueError, UnicodeDecodeError) as exc:

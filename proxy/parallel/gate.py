@@ -81,6 +81,10 @@ class UpstreamGate:
         """Take a slot; pair with :meth:`release`."""
         await self._acquire(_is_fanout(kind))
 
+    def try_acquire(self, kind: Kind) -> bool:
+        """Take a slot if one is free now without waiting; True when taken."""
+        return self._try_take(_is_fanout(kind))
+
     def release(self, kind: Kind) -> None:
         self._release(_is_fanout(kind))
 
@@ -116,14 +120,19 @@ class UpstreamGate:
         if fanout:
             self._fanout_in_use += 1
 
-    async def _acquire(self, fanout: bool) -> None:
-        # Fast path: nobody of this kind queued and room now. (Invariant: after
-        # every change _wake() has granted whatever it could, so a queued waiter
-        # of the other kind cannot be granted either; for interactive that means
+    def _try_take(self, fanout: bool) -> bool:
+        # Nobody of this kind queued and room now. (Invariant: after every
+        # change _wake() has granted whatever it could, so a queued waiter of
+        # the other kind cannot be granted either; for interactive that means
         # the pool is full, for fan-out that its share is full.)
         queued = self._waiting_fanout if fanout else self._waiting_interactive
         if queued == 0 and self._can_take(fanout):
             self._take(fanout)
+            return True
+        return False
+
+    async def _acquire(self, fanout: bool) -> None:
+        if self._try_take(fanout):
             return
 
         self._seq += 1
