@@ -1,0 +1,183 @@
+"""CPU per request of the app's own way, from the ASGI call to its last send,
+with no server and no sockets: the upstream answers in the process, at once.
+What stays is everything the proxy itself does for a small chat request
+(path check, body read, parse, route, plan, cache policy, slot, the call's
+building, relay, metrics, stats, log), measured to within a few percent on a
+busy machine, where the end-to-end figures of bench/overhead.py move by a
+quarter from run to run.
+
+    python bench/app_path.py [--n 5000] [--stream] [--gc]
+
+--gc also prints the garbage collector's runs during the measured requests
+and the longest pause of each generation: every request in flight stalls
+for as long as a collection takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _micro import load_average, run  # noqa: E402
+from _overhead_load import PLAIN_BODY, STREAM_BODY  # noqa: E402
+from ctxwarden import app as app_module  # noqa: E402
+from ctxwarden.config import load_config  # noqa: E402
+from ctxwarden.transport import Http11Transport  # noqa: E402
+from ctxwarden.upstream import UpstreamClient  # noqa: E402
+from tests.servers import proxy_config_xml  # noqa: E402
+
+ANSWER = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how are you?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":6,"total_tokens":18}}'
+STREAM = b"".join(b'data: {"choices":[{"index":0,"delta":{"content":"w%d"}}]}\n\n' % i for i in range(6)) + b"data: [DONE]\n\n"
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def __aiter__(self):
+        yield self._data
+
+
+class AnsweringTransport(Http11Transport):
+    """The pool's interface, answered in the process (the proxy's fast path is kept)."""
+
+    async def send(self, method, url, headers, content, extensions) -> httpx.Response:
+        if b'"stream": true' in (content or b""):
+            return httpx.Response(200, headers=[(b"content-type", b"text/event-stream")], stream=_Body(STREAM))
+        return httpx.Response(200, headers=[(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(ANSWER)).encode())], stream=_Body(ANSWER))
+
+
+class Client(UpstreamClient):
+    def __init__(self, server, transport=None) -> None:
+        super().__init__(server, transport=AnsweringTransport(httpx.Limits()))
+
+
+async def lifespan(app) -> tuple[asyncio.Task, asyncio.Queue]:
+    inbox: asyncio.Queue = asyncio.Queue()
+    started = asyncio.Event()
+
+    async def send(message):
+        if message["type"] == "lifespan.startup.complete":
+            started.set()
+
+    await inbox.put({"type": "lifespan.startup"})
+    task = asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                                     inbox.get, send))
+    await started.wait()
+    return task, inbox
+
+
+def _full_collection(unfrozen: bool = False) -> float:
+    """Seconds one full collection takes now; with `unfrozen`, of everything,
+    what the app froze at start-up included."""
+    if unfrozen:
+        gc.unfreeze()
+    started = time.perf_counter()
+    gc.collect()
+    return time.perf_counter() - started
+
+
+class Collections:
+    """The collector's runs and longest pause per generation (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.runs = [0, 0, 0]
+        self.longest = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        self.full = [0.0, 0.0]
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.runs[generation] += 1
+        self.longest[generation] = max(self.longest[generation], time.perf_counter() - self._started)
+
+    def __str__(self) -> str:
+        return ", ".join(f"generation {g}: {self.runs[g]} runs, longest {self.longest[g] * 1e3:.2f} ms"
+                         for g in range(3))
+
+
+async def measure(n: int, body: bytes, collections: Collections | None = None) -> tuple[float, int]:
+    folder = tempfile.mkdtemp()
+    config_path = Path(folder) / "config.xml"
+    config_path.write_text(proxy_config_xml("http://upstream.invalid/v1").replace(
+        "<server ", '<logging level="warning" requests="false"/>\n  <server ', 1))
+    app_module.UpstreamClient = Client
+    app = app_module.create_app(load_config(str(config_path)))
+    task, inbox = await lifespan(app)
+    headers = [(b"host", b"127.0.0.1:8788"), (b"content-type", b"application/json"),
+               (b"authorization", b"Bearer sk-bench"), (b"user-agent", b"ctxwarden-bench"),
+               (b"content-length", str(len(body)).encode())]
+    never = asyncio.Event()
+    status = 0
+
+    async def one() -> None:
+        nonlocal status
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop()
+            await never.wait()
+
+        async def send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+                 "query_string": b"", "root_path": "", "headers": headers, "client": ("127.0.0.1", 5000),
+                 "server": ("127.0.0.1", 8788), "state": {}}
+        await app(scope, receive, send)
+
+    for _ in range(200):
+        await one()
+    if collections is not None:
+        gc.callbacks.append(collections)
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        for _ in range(n):
+            await one()
+            await asyncio.sleep(0)   # as a server's loop would: the request's cancelled watcher ends
+        best = min(best, (time.process_time() - started) / n)
+    if collections is not None:
+        gc.callbacks.remove(collections)
+        collections.full = [_full_collection(), _full_collection(unfrozen=True)]
+    await inbox.put({"type": "lifespan.shutdown"})
+    await task
+    return best, status
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--stream", action="store_true", help="a streamed request (SSE answer)")
+    parser.add_argument("--gc", action="store_true", help="also the garbage collector's runs and pauses")
+    args = parser.parse_args()
+    collections = Collections() if args.gc else None
+    seconds, status = run(lambda: measure(args.n, STREAM_BODY if args.stream else PLAIN_BODY, collections))
+    print(f"{load_average()}; {'stream' if args.stream else 'plain'} chat request, best of 3 x {args.n}")
+    print(f"  app path: {seconds * 1e6:7.1f} us CPU per request (status {status})")
+    if collections is not None:
+        print(f"  collector, over {3 * args.n} requests: {collections}")
+        print(f"  a full collection afterwards: {collections.full[0] * 1e3:.2f} ms; with what start-up made "
+              f"unfrozen, {collections.full[1] * 1e3:.2f} ms")
+    return 0 if status == 200 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
