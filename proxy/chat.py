@@ -143,7 +143,8 @@ def manages(tokens: TokenManagement, dialect: str, body: dict, raw: bytes) -> bo
     through the rewrite and may be above the threshold.  A body of no more bytes
     than the threshold has tokens is below it (a token is at least a byte), so
     the common small request costs nothing here."""
-    return (len(raw) > tokens.compression_threshold * budget_for(tokens, body, dialect)
+    pricing = get_dialect(dialect).default_pricing   # the budget does not depend on it
+    return (len(raw) > rewrite_plan(tokens, body, pricing, dialect).threshold_tokens
             and rewrite_applies(tokens, dialect, body))
 
 

@@ -3,13 +3,16 @@ anything else looks at it (which dialect it speaks is the dialects' registry's).
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from urllib.parse import unquote
 
 import httpx
 
-from .config import ConfigError, ConfigIssue, Upstream
+from .config import ConfigError, ConfigIssue, Timeouts, Upstream
 from .errors import BadPath, NotFound
 
 
@@ -77,9 +80,9 @@ class Target:
     def name(self) -> str:
         return self.upstream.name
 
-    def timeout(self) -> dict[str, float]:
-        t = self.upstream.timeouts
-        return httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool).as_dict()
+    def timeout(self) -> Mapping[str, float]:
+        """The upstream call's httpx `timeout` extension (made once per upstream's timeouts)."""
+        return _timeout_extension(self.upstream.timeouts)
 
 
 @dataclass(frozen=True)
@@ -118,3 +121,8 @@ def api_key(upstream: Upstream) -> str | None:
                                        f"upstream {upstream.name!r}: environment variable "
                                        f"{upstream.api_key_env} named by api_key_env is not set")])
     return key
+
+
+@functools.lru_cache(maxsize=256)
+def _timeout_extension(t: Timeouts) -> Mapping[str, float]:
+    return MappingProxyType(httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool).as_dict())

@@ -47,21 +47,31 @@ def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
     return frozenset(listed)
 
 
+_REQUEST_DROP = HOP_BY_HOP | _RECOMPUTED | _PROXY_ONLY
+_KEYED_REQUEST_DROP = _REQUEST_DROP | _CREDENTIAL_HEADERS   # the configured key replaces the client's
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+
+
+def _dropping(raw: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+    kept = [(k, v) for k, v in raw if k.lower() not in drop]
+    if len(kept) < len(raw) and any(k.lower() == b"connection" for k, _ in raw):
+        # the names a Connection header lists are hop-by-hop too
+        listed = _connection_listed(raw)
+        kept = [(k, v) for k, v in kept if k.lower() not in listed]
+    return kept
+
+
 def request_headers(raw: list[tuple[bytes, bytes]], upstream: Upstream,
                     api_key: str | None) -> list[tuple[bytes, bytes]]:
     """The client's headers as the upstream should get them."""
-    drop = HOP_BY_HOP | _RECOMPUTED | _PROXY_ONLY | _connection_listed(raw)
-    if api_key is not None:
-        drop |= _CREDENTIAL_HEADERS
-    headers = [(k, v) for k, v in raw if k.lower() not in drop]
+    headers = _dropping(raw, _KEYED_REQUEST_DROP if api_key is not None else _REQUEST_DROP)
     if api_key is not None:
         headers += get_dialect(upstream.dialect).credential_headers(api_key)
     return headers
 
 
 def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    drop = HOP_BY_HOP | _connection_listed(raw) | {b"content-length"}
-    return [(k, v) for k, v in raw if k.lower() not in drop]
+    return _dropping(raw, _RESPONSE_DROP)
 
 
 class UpstreamClient:
