@@ -31,7 +31,7 @@ from .context import Context
 from .dialects import chat_dialect, dialect_for, get_dialect
 from .errors import ClientClosed, NotFound, ProxyError, UpstreamError, error_response
 from .forward import forward
-from .incoming import Incoming, read_body, respond, until_disconnected
+from .incoming import ClientWatch, Incoming, read_body, respond, until_disconnected
 from .observability.record import RequestRecord
 from .outgoing import Slot
 from .parallel.gate import UpstreamGate
@@ -62,17 +62,19 @@ class Gateway(Context):
         record = RequestRecord(route="forward", method=scope["method"], path=path,
                                dialect=dialect_for(path, request.headers).name,
                                client=scope.get(CLIENT_KEY_SCOPE, ""))
-        slot, opened = Slot(gate), OpenTap()
+        slot, opened, watch = Slot(gate), OpenTap(), ClientWatch(receive)
         try:
-            response = await self._answer(record, lambda: self._proxied(request, record, opened, slot))
+            response = await self._answer(record, lambda: self._proxied(request, record, opened, slot, watch))
             if record.status != ClientClosed.status:
-                await respond(response, scope, receive, send)
+                await respond(response, scope, receive, send, watch)
         finally:
+            watch.close()
             slot.release()
             await opened.close()
             self.telemetry.finish(record)
 
-    async def _proxied(self, request: Request, record: RequestRecord, opened: OpenTap, slot: Slot) -> Response:
+    async def _proxied(self, request: Request, record: RequestRecord, opened: OpenTap, slot: Slot,
+                       watch: ClientWatch) -> Response:
         raw_path = request.scope.get("raw_path") or quote(request.scope["path"]).encode()
         path = _checked_path(raw_path)
         chat = chat_dialect(request.method, path.decoded)
@@ -89,7 +91,8 @@ class Gateway(Context):
                 return await forward(self, incoming, body, record, slot)
             return await flow.chat(self, incoming, body, chat, record, opened, slot)
 
-        return await until_disconnected(request.receive, work, keep_going=opened.followed)
+        watch.start()
+        return await until_disconnected(watch, work, keep_going=opened.followed)
 
     async def answer_task(self, dialect: str, path: str, headers: list[tuple[bytes, bytes]],
                           body: dict) -> tuple[int, bytes, dict[str, str]]:

@@ -35,13 +35,53 @@ class Incoming:
         return ""
 
 
-async def until_disconnected(receive: Receive, work: Callable[[], Awaitable],
+class ClientWatch:
+    """Tells when the client has gone away, from the end of its request body
+    to the end of its response: one task per request, whichever scope it is
+    to cancel at the time (the work's, then a stream's). A bare task
+    cancelling an anyio scope, not a task group: the group and its task cost
+    several times the rest of a small request's way through here
+    (bench/cancel_scopes.py). What it cancels still runs in an anyio scope, so
+    the shielded clean-ups in it behave as in a task group."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task: asyncio.Task | None = None
+        self._on_gone: Callable[[], None] | None = None
+        self.gone = False
+
+    def start(self) -> None:
+        """Call once the request body has been read whole: from then on the
+        server's `receive` only reports the disconnect."""
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    def on_gone(self, callback: Callable[[], None] | None) -> None:
+        """What to do when the client goes away (at once, if it has)."""
+        self._on_gone = callback
+        if callback is not None and self.gone:
+            callback()
+
+    @property
+    def watching(self) -> bool:
+        return self._task is not None
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        if self._on_gone is not None:
+            self._on_gone()
+
+
+async def until_disconnected(watch: ClientWatch, work: Callable[[], Awaitable],
                              keep_going: Callable[[], bool] = lambda: False):
     """`work()`'s result, or ClientClosed when the client disconnected first:
     the work (and the upstream call in it) is then cancelled, unless
-    `keep_going()` says someone else waits for it. Call once the request body
-    has been read whole: from then on the server's `receive` only reports the
-    disconnect."""
+    `keep_going()` says someone else waits for it."""
     scope = anyio.CancelScope()
 
     def gone() -> None:
@@ -50,45 +90,31 @@ async def until_disconnected(receive: Receive, work: Callable[[], Awaitable],
         else:
             scope.cancel()
 
-    watcher = _watch(receive, gone)
+    watch.on_gone(gone)
     try:
         with scope:
             return await work()
     finally:
-        watcher.cancel()
+        watch.on_gone(None)
     raise ClientClosed("the client closed the connection before its answer was ready")
 
 
-async def respond(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
-    """Send `response`; a stream stops when the client goes away. Starlette's
-    StreamingResponse does the same under uvicorn (ASGI spec 2.3) with a task
-    group per response; the stream is sent here in an anyio scope cancelled by
-    a bare task instead."""
-    if not isinstance(response, StreamingResponse) or response.background is not None:
+async def respond(response: Response, scope: Scope, receive: Receive, send: Send,
+                  watch: ClientWatch | None = None) -> None:
+    """Send `response`; a stream stops when the client goes away (`watch`).
+    Starlette's StreamingResponse does the same under uvicorn (ASGI spec 2.3)
+    with a task group per response."""
+    if (not isinstance(response, StreamingResponse) or response.background is not None
+            or watch is None or not watch.watching):
         await response(scope, receive, send)
         return
     stream = anyio.CancelScope()
-    watcher = _watch(receive, stream.cancel)
+    watch.on_gone(stream.cancel)
     try:
         with stream:
             await response.stream_response(send)
     finally:
-        watcher.cancel()
-
-
-def _watch(receive: Receive, gone: Callable[[], None]) -> asyncio.Task:
-    """A task that calls `gone()` once the client has disconnected; cancel it
-    when done. A bare task cancelling an anyio scope, not a task group: the
-    group and its task cost several times the rest of a small request's way
-    through here (bench/cancel_scopes.py). What it cancels still runs in an
-    anyio scope, so the shielded clean-ups in it behave as in a task group."""
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone()
-
-    return asyncio.get_running_loop().create_task(watch())
+        watch.on_gone(None)
 
 
 def _declared_length(request: Request, limit: int) -> int | None:

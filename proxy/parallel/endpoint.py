@@ -22,7 +22,7 @@ from ..cache import credential_fingerprint
 from ..config import ParallelExecution
 from ..dialects import get_dialect
 from ..errors import ClientClosed
-from ..incoming import read_body, until_disconnected
+from ..incoming import ClientWatch, read_body, until_disconnected
 from ..wirejson import parse_json
 from .answers import TaskAnswer
 from .executor import ProgressCallback, run_task_graph
@@ -91,13 +91,17 @@ async def run_parallel(gateway: Gateway, gate: UpstreamGate, graph: TaskGraph,
                                 max_body_bytes=gateway.config.server.max_body_bytes)
         if request is None:
             return await runner
+        watch = ClientWatch(request.receive)
+        watch.start()
         try:
-            return await until_disconnected(request.receive, lambda: runner)
+            return await until_disconnected(watch, lambda: runner)
         except ClientClosed:
             log.info("parallel run: the client disconnected; %d of %d tasks were cancelled or never started",
                      len(graph) - len(finished), len(graph))
             raise ClientClosed("the client closed the connection before its parallel run ended; "
                                "its tasks were cancelled") from None
+        finally:
+            watch.close()
 
 
 async def serve_run(request: Request, gateway: Gateway, gate: UpstreamGate) -> Response:
