@@ -23,6 +23,9 @@ import httpx
 # than its upstream must not make the proxy hold a whole stream in memory).
 PAUSE_BYTES = 256 * 1024
 
+# A body past this size is written after its head rather than copied onto it.
+JOIN_LIMIT = 65536
+
 # What a connection closed before any byte of an answer is reported as; the
 # words httpx (h11) uses, which the upstream client's one retry looks for.
 CLOSED_BEFORE_ANSWERING = "Server disconnected without sending a response."
@@ -64,7 +67,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self._reset()
         self._answering, self._head_only = True, head_only
-        if content and len(content) > 65536:
+        if content and len(content) > JOIN_LIMIT:
             self.transport.write(head)
             self.transport.write(content)
         else:

@@ -52,8 +52,8 @@ from .http11 import Connection
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Methods whose request has a body even when it is empty: they say so with Content-Length: 0.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# A body past this size is written after its head rather than copied onto it.
-_JOIN_LIMIT = 65536
+# Not yet looked up (None: no forward proxy).
+_UNREAD = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +135,7 @@ class _Pool:
         one; waits at most `timeout` while the pool is full."""
         deadline = None
         while True:
-            connection = self._take_idle(key)
+            connection = self.take_idle(key)
             if connection is not None:
                 return connection
             if not self._limit or self._open < self._limit:
@@ -158,7 +158,7 @@ class _Pool:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
 
-    def _take_idle(self, key: tuple) -> Connection | None:
+    def take_idle(self, key: tuple) -> Connection | None:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
@@ -243,9 +243,12 @@ class Http11Transport(httpx.AsyncBaseTransport):
         are written for the URL and the body."""
         timeout = extensions.get("timeout", {})
         origin = origin_of(url)
-        proxy = await self._proxy_for(origin)
+        proxy = self._proxies.get((origin.scheme, origin.host), _UNREAD) if self._trust_env else None
+        if proxy is _UNREAD:
+            proxy = await self._read_proxy(origin)
         key = (origin.scheme, origin.host, origin.port, proxy, extensions.get("ca_bundle"))
-        connection = await self._pool.acquire(key, timeout.get("pool"))
+        # an idle connection without a coroutine on the way: the common case
+        connection = self._pool.take_idle(key) or await self._pool.acquire(key, timeout.get("pool"))
         if connection is None:
             connection = await self._open(origin, proxy, timeout, extensions.get("ca_bundle"))
             trace = extensions.get("trace")
@@ -263,12 +266,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         return httpx.Response(status, headers=raw_headers, stream=_Body(self._pool, key, connection, timeout),
                               extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason})
 
-    async def _proxy_for(self, origin: Origin) -> ForwardProxy | None:
-        if not self._trust_env:
-            return None
+    async def _read_proxy(self, origin: Origin) -> ForwardProxy | None:
         key = (origin.scheme, origin.host)
-        if key not in self._proxies:
-            self._proxies[key] = await anyio.to_thread.run_sync(forward_proxy_for, *key)
+        self._proxies[key] = await anyio.to_thread.run_sync(forward_proxy_for, *key)
         return self._proxies[key]
 
     async def _open(self, origin: Origin, proxy: ForwardProxy | None, timeout: dict,

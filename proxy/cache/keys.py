@@ -320,7 +320,7 @@ def is_cacheable_request(body: Mapping[str, Any], cache_sampled: bool) -> bool:
       same text anyway; with ``cache_sampled`` the caller accepted repeats.
     * ``n`` that is not a positive integer: not cacheable (the upstream rejects it).
     """
-    if not isinstance(body, Mapping):
+    if not isinstance(body, dict):   # a parsed JSON object (typing.Mapping's check costs µs)
         return False
     if "n" in body:
         n = body["n"]
