@@ -38,12 +38,16 @@ def main() -> int:
         from tests.fake_upstream import create_app as create_fake
 
         app = create_fake()
+        # uvicorn's defaults, as an upstream behind its own load balancer would run
+        options: dict = {}
     else:
+        from ctxwarden.__main__ import SERVER_OPTIONS
         from ctxwarden.app import CONFIG_ENV, LOG_LEVEL_ENV, create_app_from_environment
 
         os.environ[CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
         os.environ.setdefault(LOG_LEVEL_ENV, "warning")
         app = create_app_from_environment()
+        options = SERVER_OPTIONS   # as `ctxwarden serve` runs it
     logging.getLogger("ctxwarden").setLevel(logging.WARNING)
 
     config = uvicorn.Config(
@@ -58,9 +62,7 @@ def main() -> int:
         log_level="warning",
         workers=1,
         backlog=4096,
-        # the proxy as `ctxwarden serve` runs it (proxy/__main__.py); the fake keeps
-        # uvicorn's defaults, as an upstream behind its own load balancer would
-        **({} if args.what == "fake" else {"proxy_headers": False, "server_header": False}),
+        **options,
     )
     server = uvicorn.Server(config)
     if args.profile:

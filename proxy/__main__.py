@@ -25,6 +25,12 @@ from .workers import auto_workers
 T = TypeVar("T")
 log = logging.getLogger("ctxwarden")
 
+# uvicorn as every server of the proxy runs it: no client address taken from
+# X-Forwarded-For, and no Server or Date field of its own: a relayed answer
+# carries the upstream's (two Date fields would make it invalid), and ProxyApp
+# dates the proxy's own answers.
+SERVER_OPTIONS = {"proxy_headers": False, "server_header": False, "date_header": False}
+
 
 def _serve(args: argparse.Namespace) -> int:
     import tempfile
@@ -64,8 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
     # uvicorn's own log handlers would replace ours (log_config=None keeps
     # them), and a log_level of its own would pin its loggers' level: without
     # one they follow the root logger, whose level a reload changes.
-    options = dict(host=host, port=port, log_config=None, access_log=False,
-                   proxy_headers=False, server_header=False, lifespan="on",
+    options = dict(host=host, port=port, log_config=None, access_log=False, **SERVER_OPTIONS, lifespan="on",
                    timeout_graceful_shutdown=config.server.grace_period)
     if workers == 1:
         uvicorn.run(create_app(config, config_path=args.config, listen_host=host), **options)

@@ -4,11 +4,13 @@ shared upstream client, the cache, the gate and the config reloader."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import dataclasses
+import email.utils
+import gc
 import logging
 import os
 import sys
+import time
 
 import anyio
 from starlette.applications import Starlette
@@ -16,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .admin import AdminToken, admin_routes
 from .caching import ResponseCache, make_backend
@@ -143,12 +145,42 @@ class ProxyApp(Starlette):
     proxied: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            send = _dated(send)
         if (self.proxied is not None and scope["type"] == "http" and scope["path"].startswith("/v1/")
                 and not scope.get("root_path") and scope["method"] in PROXIED_METHODS):
             scope["app"] = self
             await self.proxied(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+def _dated(send: Send) -> Send:
+    """`send`, with a Date field added to a response that has none: the
+    proxy's own answers (errors, cache hits, its endpoints). A relayed answer
+    keeps the upstream's, the only one: the server adds none (`serve` turns
+    uvicorn's off), since RFC 9110 allows one Date field per message."""
+
+    async def dated(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = message.get("headers") or []
+            if not any(name.lower() == b"date" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"date", http_date())]}
+        await send(message)
+
+    return dated
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """Now as an HTTP date, made at most once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode("ascii"))
+    return _date_cache[1]
 
 
 async def _proxy_error(request: Request, exc: Exception) -> Response:

@@ -97,7 +97,9 @@ def _proxy_app(xml: str):
 
 @contextlib.contextmanager
 def serve_proxy(xml: str) -> Iterator[str]:
-    with serve_app(_proxy_app(xml)) as url:
+    from ctxwarden.__main__ import SERVER_OPTIONS
+
+    with serve_app(_proxy_app(xml), **SERVER_OPTIONS) as url:
         yield url
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import time
 
@@ -133,6 +134,20 @@ def test_json_answer_bytes_and_headers_identical_to_direct(proxy_url, upstream):
         assert proxied.headers.get(name) == direct.headers.get(name), name
     # the bytes on the wire (gzipped: the fake compresses when the client accepts it)
     assert int(proxied.headers["content-length"]) == proxied.num_bytes_downloaded
+
+
+def test_one_date_field_the_upstreams_on_a_relayed_answer_and_the_proxys_own_on_its_answers(proxy_url, upstream):
+    content = json.dumps(openai_body("dated")).encode()
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-test"}
+    with httpx.Client(timeout=15) as client:
+        direct = client.post(upstream.url + "/v1/chat/completions", content=content, headers=headers)
+        proxied = client.post(proxy_url + "/v1/chat/completions", content=content, headers=headers)
+        own = [client.get(proxy_url + "/v1/../etc"), client.get(proxy_url + "/_ctxwarden/health")]
+    assert proxied.headers.get_list("date") == direct.headers.get_list("date") and len(direct.headers.get_list("date")) == 1
+    assert proxied.headers.get_list("server") == direct.headers.get_list("server"), "no Server field of its own"
+    for answer in own:
+        (date,) = answer.headers.get_list("date")
+        assert email.utils.parsedate_to_datetime(date).tzinfo is not None
 
 
 def test_many_streams_back_to_back_on_one_connection(http, upstream):
