@@ -43,7 +43,15 @@ class DroppingDoor:
         return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
     def __exit__(self, *exc) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
+        async def close() -> None:
+            # the connections still piped (kept alive by the proxy's pool) end before the loop does
+            self.server.close()
+            piping = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in piping:
+                task.cancel()
+            await asyncio.gather(*piping, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
