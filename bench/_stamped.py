@@ -58,6 +58,8 @@ def stamp_the_proxy() -> None:
     http11.Connection.send_request = send_request
     http11.Connection.on_headers_complete = on_headers_complete
     stamped(gateway, "read_body", "body read")
+    stamped(gateway, "until_disconnected", "watched", done=False)
+    stamped(flow, "chat", "chat flow", done=False)
     stamped(flow, "rewrite", "rewrite")
     stamped(flow, "relay", "relay")
 

@@ -37,8 +37,11 @@ WARMUP = 300
 # (from, to, what happens in between), client and upstream readings included
 STEPS = (
     ("client sends", "proxy: app called", "the proxy's server: read, parse, hand to the app"),
-    ("proxy: app called", "proxy: body read", "the app: path, record, body read"),
-    ("proxy: body read", "proxy: rewrite", "the app: parse, route"),
+    ("proxy: app called", "proxy: body read", "the app: path, record"),
+    ("proxy: body read", "proxy: body read done", "the app: body read"),
+    ("proxy: body read done", "proxy: watched", "the app: the disconnect watch started"),
+    ("proxy: watched", "proxy: chat flow", "the app: in the watch's cancel scope"),
+    ("proxy: chat flow", "proxy: rewrite", "the app: parse, route"),
     ("proxy: rewrite", "proxy: rewrite done", "the app: the rewrite decision (counted, planned)"),
     ("proxy: rewrite done", "proxy: upstream write", "the app: cache policy, slot, the call built and written"),
     ("proxy: upstream write", "fake: app called", "the fake's server: read, parse, hand to its app"),
