@@ -99,13 +99,11 @@ async def until_disconnected(watch: ClientWatch, work: Callable[[], Awaitable],
     raise ClientClosed("the client closed the connection before its answer was ready")
 
 
-async def respond(response: Response, scope: Scope, receive: Receive, send: Send,
-                  watch: ClientWatch | None = None) -> None:
-    """Send `response`; a stream stops when the client goes away (`watch`).
-    Starlette's StreamingResponse does the same under uvicorn (ASGI spec 2.3)
-    with a task group per response."""
-    if (not isinstance(response, StreamingResponse) or response.background is not None
-            or watch is None or not watch.watching):
+async def respond(response: Response, scope: Scope, receive: Receive, send: Send, watch: ClientWatch) -> None:
+    """Send `response`; a stream stops when the client goes away (`watch`;
+    a request refused before its body was read has none started, and
+    Starlette's StreamingResponse watches with a task group of its own)."""
+    if not isinstance(response, StreamingResponse) or response.background is not None or not watch.watching:
         await response(scope, receive, send)
         return
     stream = anyio.CancelScope()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ctxwarden.app import create_app
@@ -146,3 +148,44 @@ def served(xml: str) -> Iterator[tuple[str, Any]]:
     app = create_app(parse_config(xml))
     with serve_app(app) as url:
         yield url, app
+
+
+Answer = Callable[[bytes], bytes | None]   # the request's head -> the bytes to answer, None to hang
+
+
+@contextlib.asynccontextmanager
+async def raw_server(answer: Answer, close_after: bool = False, context: ssl.SSLContext | None = None,
+                     ) -> AsyncIterator[tuple[int, list[bytes], list[int]]]:
+    """Answers each request on a connection with answer(head); records the
+    heads and, per request, which connection (its number) carried it."""
+    heads: list[bytes] = []
+    connections: list[int] = []
+    opened = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal opened
+        opened += 1
+        number = opened
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(h.split(b":", 1)[1]) for h in head.split(b"\r\n")
+                               if h.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                heads.append(head)
+                connections.append(number)
+                reply = answer(head)
+                if reply is None:
+                    await asyncio.sleep(30)
+                    return
+                writer.write(reply)
+                await writer.drain()
+                if close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    async with server:
+        yield server.sockets[0].getsockname()[1], heads, connections

@@ -6,10 +6,7 @@ certificate made for the test."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ssl
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -17,35 +14,19 @@ from ctxwarden.config import ConfigError, ServerSettings, Timeouts, Upstream, pa
 from ctxwarden.errors import UpstreamUnavailable
 from ctxwarden.routing import Target
 from ctxwarden.upstream import UpstreamClient
+from tests.integration._helpers import raw_server
 from tests.servers import closed_port
 
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"via\": 1}\n"
 
 
-@contextlib.asynccontextmanager
-async def answering_server(context: ssl.SSLContext | None = None,
-                           ) -> AsyncIterator[tuple[int, list[bytes], list[bytes]]]:
-    """A server that records each request line (and each whole head) and answers 200."""
-    lines: list[bytes] = []
-    heads: list[bytes] = []
+def answering_server(context: ssl.SSLContext | None = None):
+    """A server that answers each request 200 and closes: (port, heads, connections)."""
+    return raw_server(lambda head: ANSWER, close_after=True, context=context)
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines.append(head.split(b"\r\n", 1)[0])
-            heads.append(head)
-            length = next((int(h.split(b":", 1)[1]) for h in head.split(b"\r\n")
-                           if h.lower().startswith(b"content-length:")), 0)
-            await reader.readexactly(length)
-            writer.write(ANSWER)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
-            pass
-        writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
-    async with server:
-        yield server.sockets[0].getsockname()[1], lines, heads
+def request_lines(heads: list[bytes]) -> list[bytes]:
+    return [head.split(b"\r\n", 1)[0] for head in heads]
 
 
 def target(url: str, ca_bundle: str | None = None) -> Target:
@@ -60,7 +41,7 @@ async def get(client: UpstreamClient, url: str, ca_bundle: str | None = None) ->
 
 
 async def test_http_proxy_from_the_environment_is_used(monkeypatch):
-    async with answering_server() as (port, lines, _):
+    async with answering_server() as (port, heads, _):
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
@@ -70,12 +51,12 @@ async def test_http_proxy_from_the_environment_is_used(monkeypatch):
             assert await get(client, upstream) == b'{"via": 1}\n'
         finally:
             await client.aclose()
-    assert lines == [f"GET {upstream}/v1/models HTTP/1.1".encode()], "an absolute URI: a forward proxy's request"
+    assert request_lines(heads) == [f"GET {upstream}/v1/models HTTP/1.1".encode()], "an absolute URI: a forward proxy's request"
 
 
 @pytest.mark.parametrize("how", ["no_proxy", "trust_env_off"])
 async def test_no_proxy_and_trust_env_off_go_direct(monkeypatch, how):
-    async with answering_server() as (proxy_port, proxy_lines, _), answering_server() as (port, lines, _):
+    async with answering_server() as (proxy_port, proxy_heads, _), answering_server() as (port, heads, _):
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy_port}")
         if how == "no_proxy":
             monkeypatch.setenv("NO_PROXY", "127.0.0.1")
@@ -84,7 +65,7 @@ async def test_no_proxy_and_trust_env_off_go_direct(monkeypatch, how):
             assert await get(client, f"http://127.0.0.1:{port}") == b'{"via": 1}\n'
         finally:
             await client.aclose()
-    assert proxy_lines == [] and lines == [b"GET /v1/models HTTP/1.1"]
+    assert proxy_heads == [] and request_lines(heads) == [b"GET /v1/models HTTP/1.1"]
 
 
 async def test_netrc_credentials_are_for_the_forward_proxy_only(monkeypatch, tmp_path):
@@ -96,7 +77,7 @@ async def test_netrc_credentials_are_for_the_forward_proxy_only(monkeypatch, tmp
     monkeypatch.setenv("NETRC", str(netrc))
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    async with answering_server() as (port, lines, heads):
+    async with answering_server() as (port, heads, _):
         client = UpstreamClient(ServerSettings())
         try:
             for _ in range(2):
@@ -115,7 +96,7 @@ async def test_ca_bundle_verifies_a_private_certificate(certificate, monkeypatch
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    async with answering_server(context) as (port, lines, _):
+    async with answering_server(context) as (port, heads, _):
         url = f"https://127.0.0.1:{port}"
         client = UpstreamClient(ServerSettings())
         try:
@@ -124,7 +105,7 @@ async def test_ca_bundle_verifies_a_private_certificate(certificate, monkeypatch
             assert await get(client, url, ca_bundle=str(cert)) == b'{"via": 1}\n'
         finally:
             await client.aclose()
-    assert lines == [b"GET /v1/models HTTP/1.1"], "the unverified attempt sent nothing"
+    assert request_lines(heads) == [b"GET /v1/models HTTP/1.1"], "the unverified attempt sent nothing"
 
 
 def test_a_ca_bundle_that_cannot_be_read_is_a_config_error(tmp_path):

@@ -9,54 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from ctxwarden import http11
 from ctxwarden.transport import Http11Transport, request_head
+from tests.integration._helpers import Answer, raw_server
 from tests.servers import closed_port
-
-Answer = Callable[[bytes], bytes | None]   # the request's head -> the bytes to answer, None to hang
-
-
-@contextlib.asynccontextmanager
-async def raw_server(answer: Answer, close_after: bool = False, context: ssl.SSLContext | None = None,
-                     ) -> AsyncIterator[tuple[int, list[bytes], list[int]]]:
-    """Answers each request on a connection with answer(head); records the
-    heads and, per request, which connection (its number) carried it."""
-    heads: list[bytes] = []
-    connections: list[int] = []
-    opened = 0
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal opened
-        opened += 1
-        number = opened
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(h.split(b":", 1)[1]) for h in head.split(b"\r\n")
-                               if h.lower().startswith(b"content-length:")), 0)
-                await reader.readexactly(length)
-                heads.append(head)
-                connections.append(number)
-                reply = answer(head)
-                if reply is None:
-                    await asyncio.sleep(30)
-                    return
-                writer.write(reply)
-                await writer.drain()
-                if close_after:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
-            pass
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
-    async with server:
-        yield server.sockets[0].getsockname()[1], heads, connections
 
 
 def ok(body: bytes = b'{"ok": true}') -> Answer:
