@@ -6,11 +6,14 @@ building, relay, metrics, stats, log), measured to within a few percent on a
 busy machine, where the end-to-end figures of bench/overhead.py move by a
 quarter from run to run.
 
-    python bench/app_path.py [--n 5000] [--stream] [--gc]
+    python bench/app_path.py [--n 5000] [--stream] [--gc] [--shared]
 
 --gc also prints the garbage collector's runs during the measured requests
 and the longest pause of each generation: every request in flight stalls
 for as long as a collection takes.
+
+--shared measures the app as one of several workers (`serve --workers 2`
+or more): its metrics in prometheus-client's multiprocess files.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import shutil
 import sys
 import tempfile
 import time
@@ -31,6 +35,7 @@ from _micro import load_average, run  # noqa: E402
 from _overhead_load import PLAIN_BODY, STREAM_BODY  # noqa: E402
 from ctxwarden import app as app_module  # noqa: E402
 from ctxwarden.config import load_config  # noqa: E402
+from ctxwarden.observability.shared import SharedDir  # noqa: E402
 from ctxwarden.transport import Http11Transport  # noqa: E402
 from ctxwarden.upstream import UpstreamClient  # noqa: E402
 from tests.servers import proxy_config_xml  # noqa: E402
@@ -109,13 +114,24 @@ class Collections:
                          for g in range(3))
 
 
-async def measure(n: int, body: bytes, collections: Collections | None = None) -> tuple[float, int]:
+def shared_dir() -> SharedDir:
+    """A worker's shared directory, as `serve` with several workers makes it."""
+    import prometheus_client.values
+
+    shared = SharedDir.create(tempfile.mkdtemp())
+    # prometheus-client picks its value class when imported, from the variable just set
+    prometheus_client.values.ValueClass = prometheus_client.values.MultiProcessValue()
+    return shared
+
+
+async def measure(n: int, body: bytes, collections: Collections | None = None,
+                  shared: SharedDir | None = None) -> tuple[float, int]:
     folder = tempfile.mkdtemp()
     config_path = Path(folder) / "config.xml"
     config_path.write_text(proxy_config_xml("http://upstream.invalid/v1").replace(
         "<server ", '<logging level="warning" requests="false"/>\n  <server ', 1))
     app_module.UpstreamClient = Client
-    app = app_module.create_app(load_config(str(config_path)))
+    app = app_module.create_app(load_config(str(config_path)), shared=shared)
     task, inbox = await lifespan(app)
     headers = [(b"host", b"127.0.0.1:8788"), (b"content-type", b"application/json"),
                (b"authorization", b"Bearer sk-bench"), (b"user-agent", b"ctxwarden-bench"),
@@ -167,10 +183,18 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--stream", action="store_true", help="a streamed request (SSE answer)")
     parser.add_argument("--gc", action="store_true", help="also the garbage collector's runs and pauses")
+    parser.add_argument("--shared", action="store_true", help="as one of several workers (multiprocess metrics)")
     args = parser.parse_args()
     collections = Collections() if args.gc else None
-    seconds, status = run(lambda: measure(args.n, STREAM_BODY if args.stream else PLAIN_BODY, collections))
-    print(f"{load_average()}; {'stream' if args.stream else 'plain'} chat request, best of 3 x {args.n}")
+    shared = shared_dir() if args.shared else None
+    try:
+        seconds, status = run(lambda: measure(args.n, STREAM_BODY if args.stream else PLAIN_BODY, collections,
+                                              shared))
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared.root)
+    print(f"{load_average()}; {'stream' if args.stream else 'plain'} chat request, best of 3 x {args.n}"
+          + (", as one of several workers" if shared else ""))
     print(f"  app path: {seconds * 1e6:7.1f} us CPU per request (status {status})")
     if collections is not None:
         print(f"  collector, over {3 * args.n} requests: {collections}")

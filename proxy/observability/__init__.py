@@ -49,11 +49,10 @@ class Telemetry:
         self.metrics.close()
 
     def start(self, record: RequestRecord) -> None:
-        self.metrics.in_flight.inc()
+        self.metrics.started()
 
     def finish(self, record: RequestRecord) -> None:
         record.finish()
-        self.metrics.in_flight.dec()
-        self.metrics.observe(record)
+        self.metrics.finished(record)
         self.stats.observe(record)
         log_request(record)

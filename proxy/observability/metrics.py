@@ -4,10 +4,11 @@ one process (tests) never share counters.
 With several workers (shared.py), prometheus-client's multiprocess mode keeps
 every value in files all workers read: counters and histograms add up over the
 workers, dead ones included; gauges say how (multiprocess_mode) and count live
-workers only. Values a single process would read when scraped (the gate's
-slots, the cache backend's failure count) are copied into metrics by sample(),
-before each scrape and, with several workers, every second by each worker: the
-other workers' figures are then up to a second old.
+workers only. What finished requests report is summed in the process and
+handed to prometheus-client by sample(), with the values a single process
+would read when scraped (requests in flight, the gate's slots, the cache
+backend's failure count): before each scrape and, with several workers, every
+second by each worker. The other workers' figures are then up to a second old.
 
 Label values are bounded: routes, dialects, status codes, cache outcomes and
 rewrite decisions are closed sets; upstream names come from the config, never
@@ -15,6 +16,8 @@ from clients."""
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 from pathlib import Path
 from typing import Protocol
@@ -44,23 +47,32 @@ class ReplicaCounts(Protocol):
     fallbacks: dict[str, int]
 
 
-class _Children:
-    """A labelled metric's children by label values, kept in a dict: its
-    labels() validates the values and takes a lock on every call, and a
-    request reports to up to ten children. Label values are bounded (above),
-    so is the dict."""
+class _Pending:
+    """What finished requests reported since the last flush, summed by metric
+    and label values: a request reports to up to ten children, and each
+    prometheus-client update takes a lock (and with several workers writes a
+    memory-mapped file), several times the cost of adding to a dict. Label
+    values are bounded (above), so are the dicts."""
 
-    __slots__ = ("_metric", "_children")
+    __slots__ = ("counts", "timings")
 
-    def __init__(self, metric: Counter | Histogram) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Counter | Histogram] = {}
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, tuple[str, ...]], float] = {}
+        # per histogram child: [sum, then one count per bucket, +Inf last]
+        self.timings: dict[tuple[str, tuple[str, ...]], list[float]] = {}
 
-    def __call__(self, *values: str) -> Counter | Histogram:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._metric.labels(*values)
-        return child
+    def add(self, metric: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        key = (metric, labels)
+        self.counts[key] = self.counts.get(key, 0.0) + amount
+
+    def timed(self, metric: str, labels: tuple[str, ...], seconds: float, bounds: tuple[float, ...]) -> None:
+        key = (metric, labels)
+        sums = self.timings.get(key)
+        if sums is None:
+            sums = self.timings[key] = [0.0] * (len(bounds) + 1)
+        sums[0] += seconds
+        # a histogram bucket counts what is at most its bound
+        sums[1 + bisect.bisect_left(bounds, seconds)] += 1
 
 
 class Metrics:
@@ -134,34 +146,67 @@ class Metrics:
                                            "1 when the last reload attempt succeeded",
                                            registry=r, multiprocess_mode="livemin")
         self.config_last_reload_ok.set(1)
-        # what observe() reports to, one _Children per labelled metric
-        self._per_request = {name: _Children(getattr(self, name)) for name in (
-            "requests", "request_seconds", "upstream_seconds", "proxy_overhead_seconds", "upstream_errors",
-            "upstream_retries", "upstream_fallbacks", "tokens_before", "tokens_after", "tokens_saved", "rewrites",
-            "cost_sent", "cost_passthrough", "rewrite_seconds")}
+        self._pending = _Pending()
+        self._in_flight = 0
+        latency, rewrite = (*LATENCY_BUCKETS, math.inf), (*REWRITE_BUCKETS, math.inf)
+        self._bounds = {"request_seconds": latency, "upstream_seconds": latency,
+                        "proxy_overhead_seconds": latency, "rewrite_seconds": rewrite}
+        # labelled children by metric and label values: labels() validates them
+        # and takes a lock on every call
+        self._children: dict[tuple[str, tuple[str, ...]], Counter | Histogram] = {}
 
-    def observe(self, record: RequestRecord) -> None:
-        m = self._per_request
-        m["requests"](record.route, record.dialect or "none", str(record.status), record.cache).inc()
-        m["request_seconds"](record.route).observe(record.total_seconds)
+    def started(self) -> None:
+        """A request came in (the in-flight gauge learns of it when sampled)."""
+        self._in_flight += 1
+
+    def finished(self, record: RequestRecord) -> None:
+        """A request was answered: its figures wait until the next sample()."""
+        self._in_flight -= 1
+        add, timed, bounds = self._pending.add, self._pending.timed, self._bounds
+        add("requests", (record.route, record.dialect or "none", str(record.status), record.cache))
+        timed("request_seconds", (record.route,), record.total_seconds, bounds["request_seconds"])
         if record.upstream:
-            m["upstream_seconds"](record.upstream).observe(record.upstream_seconds)
-            m["proxy_overhead_seconds"](record.route).observe(record.overhead_seconds)
+            timed("upstream_seconds", (record.upstream,), record.upstream_seconds, bounds["upstream_seconds"])
+            timed("proxy_overhead_seconds", (record.route,), record.overhead_seconds,
+                  bounds["proxy_overhead_seconds"])
         if record.error_kind:
-            m["upstream_errors"](record.upstream or "none", record.error_kind).inc()
+            add("upstream_errors", (record.upstream or "none", record.error_kind))
         for upstream, reason in record.retries:
-            m["upstream_retries"](upstream, reason).inc()
+            add("upstream_retries", (upstream, reason))
         for failed, next_one in record.fallbacks:
-            m["upstream_fallbacks"](failed, next_one).inc()
+            add("upstream_fallbacks", (failed, next_one))
         if record.tokens_before is not None and record.tokens_after is not None:
-            m["tokens_before"](record.dialect).inc(record.tokens_before)
-            m["tokens_after"](record.dialect).inc(record.tokens_after)
-            m["tokens_saved"](record.dialect).inc(record.tokens_saved)
-            m["rewrites"](record.dialect, record.rewrite or "none").inc()
+            dialect = (record.dialect,)
+            add("tokens_before", dialect, record.tokens_before)
+            add("tokens_after", dialect, record.tokens_after)
+            add("tokens_saved", dialect, record.tokens_saved)
+            add("rewrites", (record.dialect, record.rewrite or "none"))
             if record.cost_sent is not None and record.cost_passthrough is not None:
-                m["cost_sent"](record.dialect).inc(record.cost_sent)
-                m["cost_passthrough"](record.dialect).inc(record.cost_passthrough)
-            m["rewrite_seconds"](record.dialect).observe(record.rewrite_seconds)
+                add("cost_sent", dialect, record.cost_sent)
+                add("cost_passthrough", dialect, record.cost_passthrough)
+            timed("rewrite_seconds", dialect, record.rewrite_seconds, bounds["rewrite_seconds"])
+
+    def _flush(self) -> None:
+        """Hand what finished requests reported to prometheus-client."""
+        pending, self._pending = self._pending, _Pending()
+        for key, amount in pending.counts.items():
+            self._child(key).inc(amount)
+        for key, sums in pending.timings.items():
+            child = self._child(key)
+            # Histogram.observe takes one value; these are many, summed. Its
+            # children's _sum and _buckets are the values it would update
+            # (test_observability checks the exposition is the same).
+            child._sum.inc(sums[0])
+            for bucket, count in zip(child._buckets, sums[1:]):
+                if count:
+                    bucket.inc(count)
+
+    def _child(self, key: tuple[str, tuple[str, ...]]) -> Counter | Histogram:
+        child = self._children.get(key)
+        if child is None:
+            name, labels = key
+            child = self._children[key] = getattr(self, name).labels(*labels)
+        return child
 
     def watch_cache_backend(self, backend: CacheBackend) -> None:
         """Export a cache backend's own failure count (Redis keeps one)."""
@@ -178,7 +223,9 @@ class Metrics:
         self.sample()
 
     def sample(self) -> None:
-        """Copy the watched gate's and cache backend's figures into the metrics."""
+        """Copy what waits and the watched gate's and cache backend's figures into the metrics."""
+        self._flush()
+        self.in_flight.set(self._in_flight)
         if self._gate is not None:
             snapshot = self._gate.snapshot()
             for kind in ("interactive", "fanout"):
@@ -208,7 +255,9 @@ class Metrics:
         return generate_latest(everyone)
 
     def close(self) -> None:
-        """This worker is leaving: its gauges stop counting (live* modes)."""
+        """This worker is leaving: what it counted is written, its gauges stop
+        counting (live* modes)."""
+        self._flush()
         if self.multiprocess_dir is not None:
             mark_process_dead(os.getpid(), str(self.multiprocess_dir))
 

@@ -41,13 +41,20 @@ def _eventually(condition, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
+def _counts_all(text: str) -> bool:
+    try:
+        return (_metric(text, "ctxwarden_requests_total", route="chat_completions", status="200") == REQUESTS
+                and _metric(text, "ctxwarden_request_seconds_count", route="chat_completions") == REQUESTS
+                and _metric(text, "ctxwarden_requests_in_flight") == 0)
+    except AssertionError:   # a metric not there yet
+        return False
+
+
 def _assert_every_scrape_counts_all(url: str) -> None:
+    # The other worker's figures, metrics and stats, reach the files within a second.
+    _eventually(lambda: _counts_all(httpx.get(url + "/metrics", timeout=5).text))
     for _ in range(SCRAPES):
-        text = httpx.get(url + "/metrics", timeout=5).text
-        assert _metric(text, "ctxwarden_requests_total", route="chat_completions", status="200") == REQUESTS
-        assert _metric(text, "ctxwarden_request_seconds_count", route="chat_completions") == REQUESTS
-        assert _metric(text, "ctxwarden_requests_in_flight") == 0
-    # The other worker's stats are published within a second.
+        assert _counts_all(httpx.get(url + "/metrics", timeout=5).text)
     _eventually(lambda: _stats(url)["requests"] == REQUESTS)
     for _ in range(SCRAPES):
         stats = _stats(url)

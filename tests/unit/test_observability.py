@@ -8,8 +8,12 @@ import logging
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from ctxwarden.observability import Telemetry
+from ctxwarden.observability.metrics import LATENCY_BUCKETS, Metrics
 from ctxwarden.observability.record import RequestRecord
 from ctxwarden.observability.shared import SharedStats
 from ctxwarden.observability.stats import LiveStats
@@ -95,3 +99,46 @@ def test_a_worker_publishes_its_stats_and_reads_everyone_s(tmp_path) -> None:
     published = json.loads((tmp_path / f"{os.getpid()}.json").read_text())
     assert LiveStats.merged([published]).requests == 1
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _samples(text: bytes, prefix: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
+            if line.startswith(prefix) and "_created" not in line}
+
+
+def test_requests_summed_between_scrapes_expose_what_observing_each_would() -> None:
+    """Finished requests are summed until the next scrape (or worker's sample);
+    the histograms then read as if every value had been observed on its own."""
+    summed = []
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(st.lists(st.lists(st.one_of(st.sampled_from([*LATENCY_BUCKETS, 0.0, 1e4]),
+                                       st.floats(0, 400, allow_nan=False)), min_size=1, max_size=12),
+                    min_size=1, max_size=4))
+    def exposition_matches(between_scrapes: list[list[float]]) -> None:
+        metrics = Metrics()
+        reference_registry = CollectorRegistry()
+        reference = Histogram("ctxwarden_request_seconds", "", ["route"], buckets=LATENCY_BUCKETS,
+                              registry=reference_registry)
+        for finished in between_scrapes:
+            for seconds in finished:
+                metrics.started()
+                record = RequestRecord(route="chat_completions", method="POST", path="/v1/chat/completions",
+                                       dialect="openai", status=200, cache="miss")
+                record.total_seconds = seconds
+                metrics.finished(record)
+                reference.labels("chat_completions").observe(seconds)
+            got = _samples(metrics.render(), "ctxwarden_request_seconds")
+            summed.append(len(finished) > 1)
+        want = _samples(generate_latest(reference_registry), "ctxwarden_request_seconds")
+        assert got.keys() == want.keys()
+        for name, value in want.items():
+            assert got[name] == (pytest.approx(value) if name.startswith("ctxwarden_request_seconds_sum")
+                                 else value), name
+        assert _samples(metrics.render(), "ctxwarden_requests_total")[
+            'ctxwarden_requests_total{cache="miss",dialect="openai",route="chat_completions",status="200"}'
+        ] == sum(len(finished) for finished in between_scrapes)
+        assert _samples(metrics.render(), "ctxwarden_requests_in_flight") == {"ctxwarden_requests_in_flight": 0}
+
+    exposition_matches()
+    assert sum(summed) >= 100, "too few scrapes summed several requests"
