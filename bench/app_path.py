@@ -6,11 +6,14 @@ building, relay, metrics, stats, log), measured to within a few percent on a
 busy machine, where the end-to-end figures of bench/overhead.py move by a
 quarter from run to run.
 
-    python bench/app_path.py [--n 5000] [--stream] [--gc] [--shared]
+    python bench/app_path.py [--n 5000] [--stream] [--gc] [--shared] [--concurrency 1]
 
 --gc also prints the garbage collector's runs during the measured requests
-and the longest pause of each generation: every request in flight stalls
-for as long as a collection takes.
+and the longest pause of each generation (every request in flight stalls
+for as long as a collection takes), with the app's collector thresholds and,
+in the same run, with Python's default ones.
+
+--concurrency C keeps C requests in flight at once, as a busy server does.
 
 --shared measures the app as one of several workers (`serve --workers 2`
 or more): its metrics in prometheus-client's multiprocess files.
@@ -82,6 +85,9 @@ async def lifespan(app) -> tuple[asyncio.Task, asyncio.Queue]:
     return task, inbox
 
 
+PYTHON_GC_THRESHOLDS = (700, 10, 10)
+
+
 def _full_collection(unfrozen: bool = False) -> float:
     """Seconds one full collection takes now; with `unfrozen`, of everything,
     what the app froze at start-up included."""
@@ -125,7 +131,10 @@ def shared_dir() -> SharedDir:
 
 
 async def measure(n: int, body: bytes, collections: Collections | None = None,
-                  shared: SharedDir | None = None) -> tuple[float, int]:
+                  shared: SharedDir | None = None, concurrency: int = 1,
+                  thresholds: tuple[int, ...] | None = None) -> tuple[float, int]:
+    """CPU seconds per request, best of three rounds of `n`, and the last status;
+    `thresholds`: the collector's, in place of those the app sets at start-up."""
     folder = tempfile.mkdtemp()
     config_path = Path(folder) / "config.xml"
     config_path.write_text(proxy_config_xml("http://upstream.invalid/v1").replace(
@@ -133,6 +142,8 @@ async def measure(n: int, body: bytes, collections: Collections | None = None,
     app_module.UpstreamClient = Client
     app = app_module.create_app(load_config(str(config_path)), shared=shared)
     task, inbox = await lifespan(app)
+    if thresholds is not None:
+        gc.set_threshold(*thresholds)
     headers = [(b"host", b"127.0.0.1:8788"), (b"content-type", b"application/json"),
                (b"authorization", b"Bearer sk-bench"), (b"user-agent", b"ctxwarden-bench"),
                (b"content-length", str(len(body)).encode())]
@@ -166,10 +177,10 @@ async def measure(n: int, body: bytes, collections: Collections | None = None,
     best = float("inf")
     for _ in range(3):
         started = time.process_time()
-        for _ in range(n):
-            await one()
+        for _ in range(n // concurrency):
+            await asyncio.gather(*(one() for _ in range(concurrency)))
             await asyncio.sleep(0)   # as a server's loop would: the request's cancelled watcher ends
-        best = min(best, (time.process_time() - started) / n)
+        best = min(best, (time.process_time() - started) / (n // concurrency * concurrency))
     if collections is not None:
         gc.callbacks.remove(collections)
         collections.full = [_full_collection(), _full_collection(unfrozen=True)]
@@ -184,22 +195,29 @@ def main() -> int:
     parser.add_argument("--stream", action="store_true", help="a streamed request (SSE answer)")
     parser.add_argument("--gc", action="store_true", help="also the garbage collector's runs and pauses")
     parser.add_argument("--shared", action="store_true", help="as one of several workers (multiprocess metrics)")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
     args = parser.parse_args()
+    body = STREAM_BODY if args.stream else PLAIN_BODY
     collections = Collections() if args.gc else None
     shared = shared_dir() if args.shared else None
     try:
-        seconds, status = run(lambda: measure(args.n, STREAM_BODY if args.stream else PLAIN_BODY, collections,
-                                              shared))
+        seconds, status = run(lambda: measure(args.n, body, collections, shared, args.concurrency))
+        if collections is not None:
+            defaults = Collections()
+            default_seconds, _ = run(lambda: measure(args.n, body, defaults, shared, args.concurrency,
+                                                     PYTHON_GC_THRESHOLDS))
     finally:
         if shared is not None:
             shutil.rmtree(shared.root)
-    print(f"{load_average()}; {'stream' if args.stream else 'plain'} chat request, best of 3 x {args.n}"
-          + (", as one of several workers" if shared else ""))
+    print(f"{load_average()}; {'stream' if args.stream else 'plain'} chat request, best of 3 x {args.n}, "
+          f"{args.concurrency} in flight" + (", as one of several workers" if shared else ""))
     print(f"  app path: {seconds * 1e6:7.1f} us CPU per request (status {status})")
     if collections is not None:
         print(f"  collector, over {3 * args.n} requests: {collections}")
         print(f"  a full collection afterwards: {collections.full[0] * 1e3:.2f} ms; with what start-up made "
               f"unfrozen, {collections.full[1] * 1e3:.2f} ms")
+        print(f"  with Python's default thresholds {PYTHON_GC_THRESHOLDS}: {default_seconds * 1e6:.1f} us CPU "
+              f"per request; collector: {defaults}")
     return 0 if status == 200 else 1
 
 

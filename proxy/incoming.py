@@ -66,8 +66,12 @@ class ClientWatch:
         return self._task is not None
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        # Let go of the task: its CancelledError's traceback holds the task's
+        # frame, which holds this watch. Kept, that cycle would be left to the
+        # garbage collector, eleven objects a request.
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
 
     async def _watch(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
