@@ -60,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(config.logging, args.log_level)
     counted = workers == "auto"
     if workers == "auto":
-        workers = auto_workers()
+        workers = auto_workers(shared_backend=config.cache.backend == "redis")
     _log_start(config, host, port, workers, counted)
     # uvicorn re-raises the stop signal once its graceful shutdown is done,
     # which would end the process as killed by SIGTERM; with a no-op handler
@@ -101,7 +101,8 @@ def _log_start(config: Config, host: str, port: int, workers: int, counted: bool
     start = {"config": config.source, "listen": f"{shown_host}:{port}", "workers": workers,
              "dashboard": f"http://{shown_host}:{port}/_ctxwarden/dashboard"}
     if counted:
-        start["workers_from"] = "auto: the CPUs this process may use"
+        start["workers_from"] = ("auto: the CPUs this process may use, Redis sharing the cache"
+                                 if config.cache.backend == "redis" else "auto: one, the cache is in memory")
     log.info("starting", extra={"fields": start})
     for upstream in config.upstreams:
         log.info("upstream", extra={"fields": {
@@ -288,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (overrides <server host>)")
     serve.add_argument("--port", type=int, help="listen port (overrides <server port>)")
     serve.add_argument("--workers", type=_workers_arg, metavar="N|auto",
-                       help="worker processes, or auto: one per usable CPU, at most 8 (overrides <server workers>)")
+                       help="worker processes, or auto: one with the memory cache, one per usable CPU (at most 8) "
+                            "with Redis (overrides <server workers>)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                        help="log level, kept over every reload (overrides <logging level>)")
     serve.set_defaults(run=_serve)

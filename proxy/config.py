@@ -143,8 +143,9 @@ class ServerSettings:
     # (SIGHUP still reloads).
     reload_interval: float = 2.0
     grace_period: float = 30.0
-    # Worker processes, or "auto": as many as the CPUs this process may use,
-    # at most 8 (proxy/workers.py). Each has its own memory cache and coalescing.
+    # Worker processes, or "auto": one with the memory cache backend; with Redis
+    # as many as the CPUs this process may use, at most 8 (proxy/workers.py).
+    # Each has its own memory cache and coalescing.
     workers: int | Literal["auto"] = "auto"
     # Read HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and ~/.netrc for the proxy's
     # credentials) and SSL_CERT_FILE / SSL_CERT_DIR, as other HTTP tools do.

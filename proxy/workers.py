@@ -1,19 +1,25 @@
 """How many worker processes `serve` starts when `server/@workers` is `auto`.
 
-One worker saturates one core (README, Benchmarks), so auto is the number of
-CPUs this process may actually use: the CPUs it may run on (affinity, e.g.
-`taskset` or a cpuset), lowered by a cgroup v2 CPU quota (`cpu.max`, what a
-container's CPU limit sets), rounded up so a limit of 1.5 CPUs can be used in
-full. A sidecar limited to 1 CPU gets 1 worker: a second process could only
-take turns with the first and would cost its memory for nothing.
+With the memory cache backend, one. Each worker would keep its own cache,
+in-flight coalescing and conversation state, so a second one halves the
+cache's hits and coalescing while one worker serves thousands of small
+requests a second, far more than a sidecar sees. It also costs CPU where the
+proxy shares the machine with its callers: on 2 cores shared with the load and
+the upstream, two workers spent 260-273 µs per request against one's 200-207,
+and served no more (`python bench/overhead.py --via-cli --no-litellm
+--server-attrs 'workers="2"'`, then `"1"`; README, Proxy overhead).
+
+With Redis, which the workers share, the number of CPUs this process may
+actually use: the CPUs it may run on (affinity, e.g. `taskset` or a cpuset),
+lowered by a cgroup v2 CPU quota (`cpu.max`, what a container's CPU limit
+sets), rounded up so a limit of 1.5 CPUs can be used in full. A sidecar
+limited to 1 CPU gets 1 worker: a second process could only take turns with
+the first and would cost its memory for nothing.
 
 At most MAX_AUTO_WORKERS: every worker holds its own upstream connection pool
-(`max_connections` each), memory cache (up to `cache/@max_bytes` each),
-coalescing and tokenizer tables, so workers multiply memory and upstream
-connections while memory caching and coalescing get split ever finer; at
-~1,300 small requests a second each, eight would serve ~10,000, more than a
-sidecar sees. An explicit
-number is not capped.
+(`max_connections` each), tokenizer tables and memory, so workers multiply
+memory and upstream connections; eight serve far more than a sidecar sees.
+An explicit number is not capped.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
 
 
-def auto_workers() -> int:
+def auto_workers(shared_backend: bool) -> int:
+    """`shared_backend`: the cache backend is one all workers share (Redis)."""
+    if not shared_backend:
+        return 1
     cpus = usable_cpus()
     quota = cgroup_cpu_limit()
     if quota is not None:

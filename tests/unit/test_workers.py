@@ -1,4 +1,5 @@
-"""`server/@workers="auto"`: the CPUs this process may use, at most MAX_AUTO_WORKERS."""
+"""`server/@workers="auto"`: one with the memory cache; with Redis, the CPUs
+this process may use, at most MAX_AUTO_WORKERS."""
 
 from __future__ import annotations
 
@@ -29,40 +30,46 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return set_
 
 
+def test_with_the_memory_cache_one_worker_whatever_the_cpus(machine):
+    # each worker would keep a cache, coalescing and conversation state of its own
+    machine(cpus=16, cpu_max="max 100000")
+    assert auto_workers(shared_backend=False) == 1
+
+
 def test_without_a_quota_one_worker_per_usable_cpu(machine):
     machine(cpus=3, cpu_max="max 100000")
-    assert auto_workers() == 3
+    assert auto_workers(shared_backend=True) == 3
 
 
 def test_a_sidecar_limited_to_one_cpu_gets_one_worker(machine):
     machine(cpus=16, cpu_max="100000 100000")
-    assert auto_workers() == 1
+    assert auto_workers(shared_backend=True) == 1
 
 
 def test_a_fractional_quota_is_rounded_up_and_never_below_one(machine):
     machine(cpus=16, cpu_max="150000 100000")
-    assert auto_workers() == 2
+    assert auto_workers(shared_backend=True) == 2
     machine(cpus=16, cpu_max="20000 100000")
-    assert auto_workers() == 1
+    assert auto_workers(shared_backend=True) == 1
 
 
 def test_the_tightest_quota_of_the_ancestors_applies(machine):
     machine(cpus=16, cpu_max="max 100000", parent_cpu_max="300000 100000")
-    assert auto_workers() == 3
+    assert auto_workers(shared_backend=True) == 3
 
 
 def test_affinity_below_the_quota_wins(machine):
     machine(cpus=2, cpu_max="400000 100000")
-    assert auto_workers() == 2
+    assert auto_workers(shared_backend=True) == 2
 
 
 def test_many_cpus_are_capped(machine):
     machine(cpus=64)
-    assert auto_workers() == MAX_AUTO_WORKERS
+    assert auto_workers(shared_backend=True) == MAX_AUTO_WORKERS
 
 
 def test_an_unreadable_cgroup_falls_back_to_affinity(machine, monkeypatch, tmp_path):
     machine(cpus=4, cpu_max="garbage")
-    assert auto_workers() == 4
+    assert auto_workers(shared_backend=True) == 4
     monkeypatch.setattr(workers, "SELF_CGROUP", tmp_path / "absent")   # no cgroup v2: the root is read
-    assert auto_workers() == 4
+    assert auto_workers(shared_backend=True) == 4
