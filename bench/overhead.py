@@ -7,11 +7,19 @@ then sends the same requests to the fake directly and through each proxy, side
 by side in one run, and prints p50/p99 latency, req/s and the added latency for:
 
   (a) one client sending back to back (plain and streaming; one request to each
-      target in turn, the order rotating, so drift affects all alike),
+      target in turn, the order rotating, so drift affects all alike; LiteLLM
+      takes turns with direct in a rotation of its own, see below),
   (b) 50 concurrent clients (keep-alive connections), one target after another,
   (c) time to first byte of a stream (first SSE event), direct vs proxied,
 
 and the CPU time per request of every server process (from /proc).
+
+LiteLLM spends about 10 ms of CPU on a request, 40 times what the others
+spend: between two requests of the others it would leave their caches cold,
+and so ctxwarden's one-client figures would depend on whether LiteLLM is
+installed. Its one-client rows therefore come from a rotation of its own with
+direct, and its added latency is taken against that rotation's direct;
+--one-rotation puts every target in one rotation instead.
 
 The load generator (bench/_overhead_load.py) is a minimal raw-asyncio HTTP/1.1
 client on uvloop, so that it costs far less CPU than the servers it measures
@@ -71,6 +79,8 @@ class Target:
     port: int
     pid: int | None  # the process (and its children) charged with the CPU
     results: dict[str, Result] = field(default_factory=dict)
+    # direct's results in this target's own one-client rotation, where it had one
+    reference: dict[str, Result] = field(default_factory=dict)
 
 
 def ms(x: float) -> str:
@@ -94,10 +104,16 @@ def measure(targets: list[Target], fake_pid: int, args: argparse.Namespace) -> d
     def run(coro):
         return uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
 
-    ports, pids = [t.port for t in targets], [t.pid for t in targets]
+    direct = targets[0]
+    apart = [] if args.one_rotation else [t for t in targets if t.name == "litellm"]
+    together = [t for t in targets if t not in apart]
     for key, body in (("1 plain", PLAIN_BODY), ("1 stream", STREAM_BODY)):
-        for t, res in zip(targets, run(single_client(ports, pids, body, args.n, args.warmup))):
+        for t, res in zip(together, run(single_client([t.port for t in together], [t.pid for t in together],
+                                                      body, args.n, args.warmup))):
             t.results[key] = res
+        for t in apart:
+            t.reference[key], t.results[key] = run(single_client([direct.port, t.port], [direct.pid, t.pid],
+                                                                 body, args.n, args.warmup))
     for key, body in (("c plain", PLAIN_BODY), ("c stream", STREAM_BODY)):
         for t in targets:
             t.results[key] = run(concurrent(t.port, body, args.n, args.concurrency, t.pid, fake_pid))
@@ -132,15 +148,20 @@ def report(targets: list[Target], wrk: dict[str, float | None], args: argparse.N
     print("-" * (len(header) + 4))
     for label, key, ttfb in rows:
         d = direct.results[key]
-        d50, d99 = d.pct(50, ttfb), d.pct(99, ttfb)
-        cells = [f"{ms(d50)} {ms(d99)} {'' if ttfb else f'{d.rps:7.0f}':>7}"]
+        cells = [f"{ms(d.pct(50, ttfb))} {ms(d.pct(99, ttfb))} {'' if ttfb else f'{d.rps:7.0f}':>7}"]
         errors = d.errors
         for t in proxies:
-            p = t.results[key]
+            p, own = t.results[key], t.reference.get(key, d)
             p50, p99 = p.pct(50, ttfb), p.pct(99, ttfb)
-            cells.append(f"{ms(p50)} {ms(p99)} {'' if ttfb else f'{p.rps:7.0f}':>7} {ms(p50 - d50)} {ms(p99 - d99)}")
-            errors += p.errors
+            cells.append(f"{ms(p50)} {ms(p99)} {'' if ttfb else f'{p.rps:7.0f}':>7} "
+                         f"{ms(p50 - own.pct(50, ttfb))} {ms(p99 - own.pct(99, ttfb))}")
+            errors += p.errors + (own.errors if own is not d else 0)
         print(f"{label:27} | " + " | ".join(cells) + f" | {errors}")
+    for t in proxies:
+        if t.reference:
+            own = t.reference["1 plain"]
+            print(f"{t.name}: 1 client, in a rotation of its own with direct (direct there: plain p50/p99 "
+                  f"{ms(own.pct(50)).strip()} / {ms(own.pct(99)).strip()} ms); its +p50/+p99 are against that")
     if wrk.get(direct.name) is not None:
         print(f"wrk -c{c} plain, 10 s: " + ", ".join(f"{t.name} {wrk[t.name]:.0f} req/s" for t in targets))
 
@@ -160,7 +181,7 @@ def report(targets: list[Target], wrk: dict[str, float | None], args: argparse.N
         fake = "/".join(f"{t.results[key].per_request(t.results[key].cpu_fake):.0f}" for t in proxies)
         loadgen = "/".join(f"{t.results[key].per_request(t.results[key].cpu_loadgen):.0f}" for t in targets)
         print(f"  {label:20} | " + " | ".join(cells) + f" | {fake:>17} | {loadgen}")
-    print("  (1 client: the targets take turns in one loop, so the fake's CPU cannot be split between them and"
+    print("  (1 client: the targets take turns, so the fake's CPU cannot be split between them and"
           f" only the proxies' own is shown;\n   {c} clients: '% cpu' = the process's share of one core while its"
           " run lasted; 'fake behind proxy' and 'load gen' in target order)")
 
@@ -215,6 +236,8 @@ def main() -> int:
     parser.add_argument("--no-litellm", action="store_true", help="ignore $LITELLM_PYTHON")
     parser.add_argument("--profile", help="run the proxy under cProfile and write the stats here (uvicorn)")
     parser.add_argument("--via-cli", action="store_true", help="start the proxy with `ctxwarden serve` (uvicorn)")
+    parser.add_argument("--one-rotation", action="store_true",
+                        help="one client: every target in one rotation, LiteLLM included (see above)")
     parser.add_argument("--server-attrs", default="",
                         help='extra attributes for the config\'s <server> element, e.g. \'max_keepalive_connections="100"\'')
     args = parser.parse_args()
