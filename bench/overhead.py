@@ -64,7 +64,7 @@ from _overhead_load import (  # noqa: E402
 )
 from _overhead_procs import (  # noqa: E402
     SERVERS, StartError, fake_command, granian_version, litellm_python, litellm_version, proxy_command,
-    start, start_litellm, stop,
+    start, start_litellm, stop, tail,
 )
 from tests.servers import free_port, proxy_config_xml  # noqa: E402
 
@@ -300,6 +300,11 @@ def main() -> int:
         wrk = measure(targets, fake.pid, args)
     except StartError as exc:
         raise SystemExit(str(exc))
+    except RuntimeError as exc:
+        # a request failed: say which target it was, with what each server logged last
+        ports = ", ".join(f"{t.name} on port {t.port}" for t in targets)
+        logs = "\n".join(f"--- {log.name}\n{tail(log, 15)}" for log in sorted(Path(tmp.name).glob("*.log")))
+        raise SystemExit(f"{exc}\ntargets: {ports}\n{logs}") from exc
     finally:
         for proc in reversed(procs):
             stop(proc)
