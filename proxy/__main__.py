@@ -20,7 +20,7 @@ from .dialects import DIALECTS
 from .errors import ProxyError
 from .heap import fix_mmap_threshold
 from .observability.logs import configure_logging
-from .workers import auto_workers
+from .workers import Listening, auto_workers
 
 T = TypeVar("T")
 log = logging.getLogger("ctxwarden")
@@ -37,7 +37,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .app import CONFIG_ENV, LAST_GOOD_ENV, LISTEN_HOST_ENV, LOG_LEVEL_ENV, create_app
+    from .app import (CONFIG_ENV, LAST_GOOD_ENV, LISTEN_HOST_ENV, LISTEN_PORT_ENV, LOG_LEVEL_ENV, WORKERS_ENV,
+                      create_app)
     from .clientkeys import startup_issues
     from .observability.shared import SharedDir
     from .reload import keep_last_good
@@ -73,12 +74,15 @@ def _serve(args: argparse.Namespace) -> int:
     options = dict(host=host, port=port, log_config=None, access_log=False, **SERVER_OPTIONS, lifespan="on",
                    timeout_graceful_shutdown=config.server.grace_period)
     if workers == 1:
-        uvicorn.run(create_app(config, config_path=args.config, listen_host=host), **options)
+        uvicorn.run(create_app(config, config_path=args.config, listen_host=host,
+                               listening=Listening(host, port, 1)), **options)
         return 0
     with tempfile.TemporaryDirectory(prefix="ctxwarden-") as state:
         SharedDir.create(state)
         os.environ[CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
         os.environ[LISTEN_HOST_ENV] = host
+        os.environ[LISTEN_PORT_ENV] = str(port)
+        os.environ[WORKERS_ENV] = str(workers)
         # Workers take --log-level from here; without it, from each config they load.
         if args.log_level:
             os.environ[LOG_LEVEL_ENV] = args.log_level

@@ -10,6 +10,7 @@ request, so a reload that sets or rotates it applies at once.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hmac
 import logging
@@ -31,6 +32,7 @@ from .observability import Telemetry
 from .reload import ConfigReloader
 from .upstream import UpstreamClient
 from .wirejson import parse_json
+from .workers import Listening
 
 log = logging.getLogger("ctxwarden")
 
@@ -45,6 +47,7 @@ class Proxy(Protocol):
     telemetry: Telemetry
     reloader: ConfigReloader | None
     restart_required: tuple[str, ...]
+    listening: Listening | None
 
 
 OPEN_PATHS = frozenset({"/_ctxwarden/health", "/_ctxwarden/ready", "/_ctxwarden/parallel"})
@@ -114,7 +117,9 @@ def admin_routes(proxy: Proxy) -> list[Route]:
         return JSONResponse({"status": "ready"})
 
     async def effective_config(request: Request) -> Response:
-        return JSONResponse({**proxy.config.describe(), "restart_required": list(proxy.restart_required)})
+        listening = dataclasses.asdict(proxy.listening) if proxy.listening is not None else None
+        return JSONResponse({**proxy.config.describe(), "restart_required": list(proxy.restart_required),
+                             "listening": listening})
 
     async def metrics(request: Request) -> Response:
         return Response(proxy.telemetry.metrics.render(), media_type=proxy.telemetry.metrics.content_type)

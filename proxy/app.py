@@ -35,6 +35,7 @@ from .parallel.gate import UpstreamGate
 from .reload import ConfigReloader, in_effect
 from .tokens import get_encoding
 from .upstream import UpstreamClient
+from .workers import Listening
 
 log = logging.getLogger("ctxwarden")
 
@@ -44,8 +45,10 @@ class Proxy:
     outlives a reload (upstream connection pool, telemetry)."""
 
     def __init__(self, config: Config, config_path: str | None, last_good_path: str | None = None,
-                 shared: SharedDir | None = None, listen_host: str | None = None):
+                 shared: SharedDir | None = None, listen_host: str | None = None,
+                 listening: Listening | None = None):
         self.telemetry = Telemetry(shared)
+        self.listening = listening
         # The address `serve` listens on: every config, reloads included, must be
         # allowed to serve there (clientkeys.exposure_issues). None: not known.
         self.listen_host = listen_host
@@ -194,12 +197,14 @@ GC_YOUNG_THRESHOLD = 10_000   # Python's default is 700
 
 
 def create_app(config: Config, config_path: str | None = None, last_good_path: str | None = None,
-               shared: SharedDir | None = None, listen_host: str | None = None) -> Starlette:
+               shared: SharedDir | None = None, listen_host: str | None = None,
+               listening: Listening | None = None) -> Starlette:
     """The ASGI app. With `config_path`, the file is watched and reloaded; with
     `last_good_path`, every config applied is copied there; with `shared`, it
     is one of several workers and reports for all of them; with `listen_host`,
-    a config (a reload's too) that may not serve on that address is refused."""
-    proxy = Proxy(config, config_path, last_good_path, shared, listen_host)
+    a config (a reload's too) that may not serve on that address is refused;
+    `listening`: where `serve` listens, for /_ctxwarden/config to show."""
+    proxy = Proxy(config, config_path, last_good_path, shared, listen_host, listening)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -261,6 +266,8 @@ CONFIG_ENV = "CTXWARDEN_CONFIG"
 LAST_GOOD_ENV = "CTXWARDEN_LAST_GOOD_CONFIG"
 LOG_LEVEL_ENV = "CTXWARDEN_LOG_LEVEL"
 LISTEN_HOST_ENV = "CTXWARDEN_LISTEN_HOST"
+LISTEN_PORT_ENV = "CTXWARDEN_LISTEN_PORT"
+WORKERS_ENV = "CTXWARDEN_WORKERS"
 
 
 def create_app_from_environment() -> Starlette:
@@ -274,6 +281,9 @@ def create_app_from_environment() -> Starlette:
     path = os.environ.get(CONFIG_ENV) or None
     last_good = os.environ.get(LAST_GOOD_ENV) or None
     listen_host = os.environ.get(LISTEN_HOST_ENV) or None
+    port, workers = os.environ.get(LISTEN_PORT_ENV, ""), os.environ.get(WORKERS_ENV, "")
+    listening = (Listening(listen_host, int(port), int(workers))
+                 if listen_host and port.isdigit() and workers.isdigit() else None)
     try:
         config = load_config(path)
         # What the worker's start would refuse (an unset key variable, an unguarded
@@ -292,4 +302,4 @@ def create_app_from_environment() -> Starlette:
     if refused:
         log.error("config refused, starting with the last good config: %s", refused)
     return create_app(config, config_path=path, last_good_path=last_good, shared=SharedDir.from_environment(),
-                      listen_host=listen_host)
+                      listen_host=listen_host, listening=listening)

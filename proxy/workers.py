@@ -26,9 +26,20 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 MAX_AUTO_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class Listening:
+    """Where `serve` listens and with how many workers: its command line may
+    set these apart from the file's <server> (shown by /_ctxwarden/config)."""
+
+    host: str
+    port: int
+    workers: int
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
 

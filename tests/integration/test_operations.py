@@ -190,6 +190,15 @@ def served_cli(tmp_path, fake_upstream_server):
         yield url, path, proc
 
 
+def test_config_endpoint_shows_where_serve_listens_as_well_as_the_file(served_cli):
+    url, _, _ = served_cli
+    described = httpx.get(url + "/_ctxwarden/config").json()
+    port = int(url.rsplit(":", 1)[1])
+    # --port and --workers on the command line, not the file's
+    assert described["listening"] == {"host": "127.0.0.1", "port": port, "workers": 1}
+    assert described["server"]["port"] != port and described["server"]["workers"] == "auto"
+
+
 def test_sighup_reloads_and_logs_are_json_without_secrets(served_cli, fake_upstream_server):
     url, path, proc = served_cli
     assert _chat(url, authorization="Bearer sk-client-secret").status_code == 200

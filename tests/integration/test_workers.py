@@ -76,6 +76,7 @@ def test_two_workers_report_the_same_totals_on_every_scrape(tmp_path, upstream):
         with ThreadPoolExecutor(8) as pool:
             assert list(pool.map(lambda i: _chat(url, i), range(REQUESTS))) == [200] * REQUESTS
         _assert_every_scrape_counts_all(url)
+        assert httpx.get(url + "/_ctxwarden/config", timeout=5).json()["listening"]["workers"] == 2
 
         # SIGHUP replaces both workers: the counts stay, the old workers' gauges go.
         proc.send_signal(signal.SIGHUP)
