@@ -13,7 +13,11 @@ the split between named models and "other" (see _Models).
 "Upstream errors" count exactly what the metric ctxwarden_upstream_errors_total
 counts: requests whose record has an error kind (the upstream could not be
 reached, timed out or broke its stream); an error status the upstream
-answered is relayed, and is not one."""
+answered is relayed, and is not one. "Retries" and "fallbacks" count what
+ctxwarden_upstream_retries_total and ctxwarden_upstream_fallbacks_total
+count: calls repeated after a failed one, and requests handed from a failed
+upstream to its next fallback; by upstream, on the row of the upstream that
+failed, which need not be the one that answered."""
 
 from __future__ import annotations
 
@@ -49,8 +53,11 @@ class Tally:
     # input cost (input-token units, the prompt cache priced in) of the priced chat requests
     cost_sent: float = 0.0
     cost_passthrough: float = 0.0
+    retries: int = 0
+    fallbacks: int = 0
 
     def add(self, record: RequestRecord) -> None:
+        """The record's figures; its retries and fallbacks are the caller's to place."""
         self.requests += 1
         self.upstream_errors += bool(record.error_kind)
         if record.tokens_before is not None and record.tokens_after is not None:
@@ -78,6 +85,8 @@ class Tally:
             "cost_passthrough": round(self.cost_passthrough, 1),
             "bill_saved_ratio": (round(1 - self.cost_sent / self.cost_passthrough, 4)
                                  if self.cost_passthrough else 0.0),
+            "retries": self.retries,
+            "fallbacks": self.fallbacks,
         }
 
 
@@ -149,10 +158,16 @@ class LiveStats:
         second = self._second(now)
         second.requests += 1
         self._latencies.append(record.total_seconds)
-        self.total.add(record)
         self.upstreams.setdefault(record.upstream, Tally()).add(record)
-        if record.model:
-            self.models.tally(record.model).add(record)
+        for upstream, _ in record.retries:
+            self.upstreams.setdefault(upstream, Tally()).retries += 1
+        for failed, _ in record.fallbacks:
+            self.upstreams.setdefault(failed, Tally()).fallbacks += 1
+        tallies = [self.total, self.models.tally(record.model)] if record.model else [self.total]
+        for tally in tallies:
+            tally.add(record)
+            tally.retries += len(record.retries)
+            tally.fallbacks += len(record.fallbacks)
         if record.error_kind:
             second.errors += 1
             self.error_kinds[record.error_kind] = self.error_kinds.get(record.error_kind, 0) + 1

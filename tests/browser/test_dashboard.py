@@ -39,8 +39,9 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
 def _config(upstream_url: str, dead_url: str | None = None) -> str:
     # budget 4000: a ~40k-token conversation gets rewritten, a short one does not.
     # dead-* models go to `dead_url`, where nobody listens.
-    dead = (f'<upstream name="dead" dialect="openai" base_url="{dead_url}"><model>dead-*</model></upstream>'
-            if dead_url else "")
+    # one retry when nobody answers there
+    dead = (f'<upstream name="dead" dialect="openai" base_url="{dead_url}"><model>dead-*</model>'
+            f'<retry attempts="1" backoff="0.01" on="connect"/></upstream>' if dead_url else "")
     return f"""<performance_optimization>
   <token_management><budget>4000</budget></token_management>
   <admin token_env="{ADMIN_ENV}"/>
@@ -177,6 +178,10 @@ def test_dashboard_shows_live_figures(browser, fake_upstream_server, upstream, t
             assert 'ctxwarden_upstream_errors_total{kind="connect",upstream="dead"} 1.0' in metrics
             assert page.text_content("#errors-detail") == "connect 1"
             assert "alert" in (page.get_attribute("#errors-card", "class") or "")
+            # Retries: the dead upstream's one, as its metric counts it.
+            assert 'ctxwarden_upstream_retries_total{reason="connect",upstream="dead"} 1.0' in metrics
+            assert page.text_content("#retries") == "1" and _value(page, "#retries") == "1"
+            assert page.text_content("#retries-detail") == "no fallback"
 
             # The cache: hits over cacheable requests (the two temperature-0 ones); beside it the share
             # of chat requests that bypassed it (the five that sample: no temperature).
@@ -211,6 +216,9 @@ def test_dashboard_shows_live_figures(browser, fake_upstream_server, upstream, t
                 {"openai": "4", "anthropic": "1", "dead": "1", "": "1"}
             assert upstreams[""]["name"] == "not sent upstream (cache hits, refusals)"
             assert upstreams["dead"]["errors"] == "1"
+            assert {name: row["retries"] for name, row in upstreams.items()} == \
+                {"openai": "0", "anthropic": "0", "dead": "1", "": "0"}
+            assert models["dead-1"]["retries"] == "1" and models["gpt-4o-mini"]["retries"] == "0"
             assert sum(int(row["requests"]) for row in upstreams.values()) == len(sent)
             row = page.locator('#by-upstream tbody tr[data-name="anthropic"]')
             assert float(row.get_attribute("data-cost-sent")) == pytest.approx(costs[-1][0], abs=0.5)

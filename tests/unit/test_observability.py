@@ -73,6 +73,23 @@ def _finished(stats: LiveStats, total_seconds: float, tokens: tuple[int, int] | 
     stats.observe(record)
 
 
+def test_retries_count_on_the_upstream_that_failed_and_fallbacks_on_the_one_left() -> None:
+    stats = LiveStats()
+    record = RequestRecord(route="chat_completions", method="POST", path="/v1/chat/completions", dialect="openai",
+                           model="gpt-4o", upstream="backup", status=200, cache="miss")
+    record.retries = [("primary", "connect"), ("primary", "503")]
+    record.fallbacks = [("primary", "backup")]
+    stats.observe(record)
+    snapshot = stats.snapshot()
+    assert (snapshot["retries"], snapshot["fallbacks"]) == (2, 1)
+    rows = {row["name"]: row for row in snapshot["by_upstream"]}
+    assert (rows["primary"]["requests"], rows["primary"]["retries"], rows["primary"]["fallbacks"]) == (0, 2, 1)
+    assert (rows["backup"]["requests"], rows["backup"]["retries"], rows["backup"]["fallbacks"]) == (1, 0, 0)
+    assert snapshot["by_model"][0]["retries"] == 2
+    merged = LiveStats.merged([json.loads(json.dumps(stats.state()))] * 2).snapshot()
+    assert (merged["retries"], merged["fallbacks"]) == (4, 2)
+
+
 def test_workers_stats_merged_are_the_sums_and_the_newest_rewrites() -> None:
     a, b, alone = LiveStats(), LiveStats(), LiveStats()
     for seconds, tokens, status in ((0.1, (100, 40), 200), (0.3, None, 502), (0.2, (50, 50), 200)):
