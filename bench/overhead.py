@@ -29,6 +29,7 @@ client on uvloop, so that it costs far less CPU than the servers it measures
     python bench/overhead.py --n 5000 --concurrency 50
     python bench/overhead.py --profile /tmp/proxy.prof   # cProfile the proxy
     python bench/overhead.py --via-cli       # start the proxy with `ctxwarden serve`
+    python bench/overhead.py --repeat 3      # three runs, then each target's median over them
 
     # a LiteLLM column: its proxy in a separate venv, never in ctxwarden's
     bench/litellm_venv.sh                    # -> /tmp/litellm-venv
@@ -52,6 +53,7 @@ import asyncio
 import datetime
 import os
 import shlex
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -126,7 +128,7 @@ def measure(targets: list[Target], fake_pid: int, args: argparse.Namespace) -> d
 
 
 def report(targets: list[Target], wrk: dict[str, float | None], args: argparse.Namespace, notes: list[str],
-           started: datetime.datetime, load_before: str) -> None:
+           started: datetime.datetime, load_before: str) -> list[Check]:
     direct, proxies = targets[0], targets[1:]
     c = args.concurrency
     rows = [("1 client, plain", "1 plain", False), ("1 client, stream (whole)", "1 stream", False),
@@ -185,38 +187,76 @@ def report(targets: list[Target], wrk: dict[str, float | None], args: argparse.N
           f" only the proxies' own is shown;\n   {c} clients: '% cpu' = the process's share of one core while its"
           " run lasted; 'fake behind proxy' and 'load gen' in target order)")
 
+    checks = target_checks(targets, wrk, c)
+    if checks:
+        print()
+        print("targets (ctxwarden):")
+        for check in checks:
+            print(f"  {check}")
+    return checks
+
+
+@dataclass(frozen=True)
+class Check:
+    """One of the performance issue's targets, as one run measured it."""
+
+    label: str
+    value: float
+    limit: float
+    at_most: bool          # the value must not exceed the limit (else: must reach it)
+    unit: str              # "x", "%" or "ms"
+    detail: str = ""       # how the value was made, printed before it
+
+    @property
+    def ok(self) -> bool:
+        return self.value <= self.limit if self.at_most else self.value >= self.limit
+
+    def shown(self, value: float) -> str:
+        return {"x": f"{value:.1f}x", "%": f"{value:.0%}", "ms": f"{value:.3f} ms"}[self.unit]
+
+    def __str__(self) -> str:
+        return f"[{'PASS' if self.ok else 'MISS'}] {self.label}: {self.detail}{self.shown(self.value)}"
+
+
+def target_checks(targets: list[Target], wrk: dict[str, float | None], c: int) -> list[Check]:
+    """The performance issue's targets, as ratios within this one run."""
+    direct, proxies = targets[0], targets[1:]
     ours = next((t for t in proxies if t.name.startswith("ctxwarden")), None)
     if ours is None:
-        return
-    r = ours.results
-    d = direct.results
-    print()
-    print(f"targets ({ours.name}):")
-    # the performance issue's targets, as ratios within this one run
+        return []
+    r, d = ours.results, direct.results
     plain = r["c plain"]
     proxy_cpu, fake_cpu = plain.per_request(plain.cpu_server), d["c plain"].per_request(d["c plain"].cpu_server)
     ours_rps = wrk.get(ours.name) or plain.rps
     direct_rps = wrk.get(direct.name) or d["c plain"].rps
     checks = [
-        (f"CPU per request at most 2x the fake upstream's own ({c} clients, plain): "
-         f"{proxy_cpu:.0f} / {fake_cpu:.0f} us = {proxy_cpu / fake_cpu:.1f}x", proxy_cpu <= 2 * fake_cpu),
-        (f"throughput at least 45% of direct ({c} clients, plain): {ours_rps / direct_rps:.0%}",
-         ours_rps >= 0.45 * direct_rps),
-        (f"added latency p50 < 0.5 ms (1 client, plain): {(r['1 plain'].pct(50) - d['1 plain'].pct(50)) * 1000:.3f} ms",
-         r["1 plain"].pct(50) - d["1 plain"].pct(50) < 0.0005),
-        (f"added latency p99 < 1.5 ms (1 client, plain): {(r['1 plain'].pct(99) - d['1 plain'].pct(99)) * 1000:.3f} ms",
-         r["1 plain"].pct(99) - d["1 plain"].pct(99) < 0.0015),
-        (f"stream TTFB added < 0.5 ms (1 client, p50): "
-         f"{(r['1 stream'].pct(50, True) - d['1 stream'].pct(50, True)) * 1000:.3f} ms",
-         r["1 stream"].pct(50, True) - d["1 stream"].pct(50, True) < 0.0005),
+        Check(f"CPU per request at most 2x the fake upstream's own ({c} clients, plain)", proxy_cpu / fake_cpu,
+              2, True, "x", f"{proxy_cpu:.0f} / {fake_cpu:.0f} us = "),
+        Check(f"throughput at least 45% of direct ({c} clients, plain)", ours_rps / direct_rps, 0.45, False, "%"),
+        Check("added latency p50 < 0.5 ms (1 client, plain)",
+              (r["1 plain"].pct(50) - d["1 plain"].pct(50)) * 1000, 0.5, True, "ms"),
+        Check("added latency p99 < 1.5 ms (1 client, plain)",
+              (r["1 plain"].pct(99) - d["1 plain"].pct(99)) * 1000, 1.5, True, "ms"),
+        Check("stream TTFB added < 0.5 ms (1 client, p50)",
+              (r["1 stream"].pct(50, True) - d["1 stream"].pct(50, True)) * 1000, 0.5, True, "ms"),
     ]
     litellm = next((t for t in proxies if t.name == "litellm"), None)
     if litellm is not None:
         theirs = wrk.get(litellm.name) or litellm.results["c plain"].rps
-        checks.append((f"at least 20x LiteLLM's throughput ({c} clients, plain): {ours_rps / theirs:.1f}x",
-                       ours_rps >= 20 * theirs))
-    for text, ok in checks:
-        print(f"  [{'PASS' if ok else 'MISS'}] {text}")
+        checks.append(Check(f"at least 20x LiteLLM's throughput ({c} clients, plain)", ours_rps / theirs,
+                            20, False, "x"))
+    return checks
+
+
+def summary(runs: list[list[Check]]) -> None:
+    """Each target over the runs: its median (PASS or MISS), every run's value."""
+    print()
+    print(f"targets (ctxwarden) over {len(runs)} runs: the median, then each run's value")
+    for column in zip(*runs):
+        first, values = column[0], [check.value for check in column]
+        median = Check(first.label, statistics.median(values), first.limit, first.at_most, first.unit)
+        passed = sum(check.ok for check in column)
+        print(f"  {median} ({', '.join(first.shown(v) for v in values)}; {passed} of {len(runs)} runs pass)")
 
 
 def main() -> int:
@@ -236,6 +276,8 @@ def main() -> int:
     parser.add_argument("--no-litellm", action="store_true", help="ignore $LITELLM_PYTHON")
     parser.add_argument("--profile", help="run the proxy under cProfile and write the stats here (uvicorn)")
     parser.add_argument("--via-cli", action="store_true", help="start the proxy with `ctxwarden serve` (uvicorn)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="K",
+                        help="measure K times with the same servers, then print each target's median over the runs")
     parser.add_argument("--one-rotation", action="store_true",
                         help="one client: every target in one rotation, LiteLLM included (see above)")
     parser.add_argument("--server-attrs", default="",
@@ -297,7 +339,12 @@ def main() -> int:
                              "no DB/master key/callbacks (bench/_overhead_procs.py)")
         else:
             notes.append("litellm: not measured (give --litellm-python or $LITELLM_PYTHON; bench/litellm_venv.sh)")
-        wrk = measure(targets, fake.pid, args)
+        runs = []
+        for _ in range(args.repeat):
+            # each run's tables printed as it ends, the servers kept for the next
+            wrk = measure(targets, fake.pid, args)
+            runs.append(report(targets, wrk, args, notes, started, load_before))
+            started, load_before = datetime.datetime.now().astimezone(), loadavg()
     except StartError as exc:
         raise SystemExit(str(exc))
     except RuntimeError as exc:
@@ -310,7 +357,8 @@ def main() -> int:
             stop(proc)
         tmp.cleanup()
 
-    report(targets, wrk, args, notes, started, load_before)
+    if len(runs) > 1 and runs[0]:
+        summary(runs)
     if args.profile:
         print(f"\nproxy profile written to {args.profile}; inspect with:\n"
               f"  python -c \"import pstats; pstats.Stats('{args.profile}').sort_stats('cumulative').print_stats(40)\"")
