@@ -73,16 +73,25 @@ def local_upstream_server() -> Iterator[ServedFake]:
         yield ServedFake(url, fake)
 
 
+# A stream an earlier test left running (a coalesced leader's answer fetched on
+# for its followers, say) must not be counted as this test's when it ends.
+QUIET_TIMEOUT = 20.0
+
+
+def _quiet(served: ServedFake) -> ServedFake:
+    served.recorder.wait_for(lambda rec: rec.streams_open == 0, timeout=QUIET_TIMEOUT)
+    served.recorder.clear()
+    return served
+
+
 @pytest.fixture
 def upstream(fake_upstream_server: ServedFake) -> ServedFake:
-    fake_upstream_server.recorder.clear()
-    return fake_upstream_server
+    return _quiet(fake_upstream_server)
 
 
 @pytest.fixture
 def local_upstream(local_upstream_server: ServedFake) -> ServedFake:
-    local_upstream_server.recorder.clear()
-    return local_upstream_server
+    return _quiet(local_upstream_server)
 
 
 # --------------------------------------------------------------------------- proxies

@@ -147,6 +147,8 @@ class Recorder:
     streams_completed: int = 0
     streams_cancelled: int = 0  # client (the proxy) went away before the stream ended
     streams_reset: int = 0  # deliberate x-fake-fault: reset-mid-stream
+    # streams being sent now, whichever test started them: clear() keeps it
+    streams_open: int = 0
     gzipped: int = 0  # answers sent with Content-Encoding: gzip
 
     def __repr__(self) -> str:
@@ -189,9 +191,9 @@ class Recorder:
             self.streams_reset = 0
             self.gzipped = 0
 
-    def bump(self, counter: str) -> None:
+    def bump(self, counter: str, by: int = 1) -> None:
         with self._lock:
-            setattr(self, counter, getattr(self, counter) + 1)
+            setattr(self, counter, getattr(self, counter) + by)
 
     def wait_for(self, predicate: Callable[["Recorder"], bool], timeout: float = 5.0) -> bool:
         """Poll (from a test thread) until predicate(self) holds or timeout passes."""
@@ -412,8 +414,15 @@ class SSEResponse:
         self.headers = headers or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.recorder.bump("streams_started")
+        self.recorder.bump("streams_open")
+        try:
+            await self._stream(receive, send)
+        finally:
+            self.recorder.bump("streams_open", -1)
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
         rec = self.recorder
-        rec.bump("streams_started")
         raw_headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
