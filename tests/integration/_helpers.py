@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -189,3 +190,11 @@ async def raw_server(answer: Answer, close_after: bool = False, context: ssl.SSL
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
     async with server:
         yield server.sockets[0].getsockname()[1], heads, connections
+
+
+def replace_file(path, text: str) -> None:
+    """`path` swapped whole for a file holding `text`, as editors and config
+    maps do: a reloader polling it never reads it half written."""
+    temporary = path.parent / f".{path.name}.next"
+    temporary.write_text(text)
+    os.replace(temporary, path)

@@ -19,7 +19,7 @@ from ctxwarden.app import create_app
 from ctxwarden.config import parse_config
 from tests.servers import cli_server, free_port, run_cli, serve_app
 
-from ._helpers import ANTHROPIC_MODEL, OPENAI_MODEL
+from ._helpers import ANTHROPIC_MODEL, OPENAI_MODEL, replace_file
 
 OPERATOR_KEY = "sk-operator-upstream-key"
 ALICE, BOB = "ck-alice-key-0001", "ck-bob-key-0002"
@@ -191,7 +191,7 @@ def test_a_reload_with_an_unset_key_variable_is_refused_and_the_old_keys_stay(tm
     app = create_app(parse_config(path.read_text(), source=str(path)), config_path=str(path),
                      listen_host="0.0.0.0")
     with serve_app(app) as url, _openai(url, ALICE) as client:
-        path.write_text(_config(fake_upstream_server.url, reload_interval=0.05).replace(
+        replace_file(path, _config(fake_upstream_server.url, reload_interval=0.05).replace(
             "CTXW_IT_ALICE", "CTXW_IT_UNSET_KEY"))
         deadline = time.monotonic() + 10
         while "last_reload_error" not in (health := httpx.get(url + "/_ctxwarden/health").json()):
@@ -200,7 +200,7 @@ def test_a_reload_with_an_unset_key_variable_is_refused_and_the_old_keys_stay(tm
         assert "CTXW_IT_UNSET_KEY" in health["last_reload_error"]
         assert client.chat.completions.create(model=OPENAI_MODEL, messages=[{"role": "user", "content": "x"}])
         # Served on 0.0.0.0: dropping every client key is refused too.
-        path.write_text(_config(fake_upstream_server.url, "", reload_interval=0.05).replace(
+        replace_file(path, _config(fake_upstream_server.url, "", reload_interval=0.05).replace(
             "<budget>200000", "<budget>100000"))
         deadline = time.monotonic() + 10
         while "no client keys" not in httpx.get(url + "/_ctxwarden/health").json().get("last_reload_error", ""):

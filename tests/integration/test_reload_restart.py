@@ -3,8 +3,6 @@ effect and marks what the reloaded file changes that only a restart applies."""
 
 from __future__ import annotations
 
-import os
-
 import httpx
 
 from ctxwarden.app import create_app
@@ -13,11 +11,7 @@ from tests.integration.test_hardening_reload import write_config
 from tests.integration.test_hardening_uploads import wait_until
 from tests.servers import serve_app
 
-
-def _replace(path, text: str) -> None:
-    """The file swapped whole, as the reloader may read it at any moment."""
-    (path.parent / "next.xml").write_text(text)
-    os.replace(path.parent / "next.xml", path)
+from ._helpers import replace_file
 
 
 def test_config_endpoint_marks_what_needs_a_restart(tmp_path, monkeypatch, upstream):
@@ -33,7 +27,7 @@ def test_config_endpoint_marks_what_needs_a_restart(tmp_path, monkeypatch, upstr
                    .replace('port="8788"', 'port="8799"')
                    .replace("</performance_optimization>", '<cache ttl="60" cache_sampled="true"/>\n'
                                                           "</performance_optimization>"))
-        _replace(path, changed)
+        replace_file(path, changed)
         assert wait_until(lambda: httpx.get(url + "/_ctxwarden/config").json()["token_management"]["budget"]
                           == 90000)
         after = httpx.get(url + "/_ctxwarden/config").json()
@@ -43,5 +37,5 @@ def test_config_endpoint_marks_what_needs_a_restart(tmp_path, monkeypatch, upstr
         assert after["server"]["port"] == before["server"]["port"] == 8788
         assert after["cache"]["ttl"] == before["cache"]["ttl"] == 3600
         # the file back as it started: nothing waits for a restart any more
-        _replace(path, xml)
+        replace_file(path, xml)
         assert wait_until(lambda: httpx.get(url + "/_ctxwarden/config").json()["restart_required"] == [])
