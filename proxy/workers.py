@@ -1,4 +1,5 @@
-"""How many worker processes `serve` starts when `server/@workers` is `auto`.
+"""How many worker processes `serve` starts when `server/@workers` is `auto`
+(and `Listening`: what it then runs with, for /_ctxwarden/config to show).
 
 With the memory cache backend, one. Each worker would keep its own cache,
 in-flight coalescing and conversation state, so a second one halves the

@@ -11,6 +11,7 @@ import httpx
 from ._helpers import (
     ANTHROPIC_HEADERS,
     ANTHROPIC_MODEL,
+    OPENAI_HEADERS,
     OPENAI_MODEL,
     anthropic_body,
     openai_body,
@@ -101,12 +102,20 @@ def test_anthropic_sdk_receives_events_as_they_arrive(anthropic_client, upstream
     assert arrivals[-1] - arrivals[0] >= CHUNK_DELAY * (CHUNKS - 1) * 0.8
 
 
+def _direct_and_proxied(client: httpx.Client, upstream_url: str, proxy_url: str, path: str, body: dict,
+                        headers: dict) -> tuple[httpx.Response, httpx.Response]:
+    """The same bytes sent to the fake directly and through the proxy."""
+    content = json.dumps(body).encode()
+    headers = {"content-type": "application/json", **headers}
+    return (client.post(upstream_url + path, content=content, headers=headers),
+            client.post(proxy_url + path, content=content, headers=headers))
+
+
 def test_openai_stream_bytes_identical_to_direct(proxy_url, upstream):
-    content = json.dumps(openai_body("byte for byte", stream=True, stream_options={"include_usage": True})).encode()
-    headers = {"content-type": "application/json", "authorization": "Bearer sk-test"}
     with httpx.Client(timeout=15) as client:
-        direct = client.post(upstream.url + "/v1/chat/completions", content=content, headers=headers)
-        proxied = client.post(proxy_url + "/v1/chat/completions", content=content, headers=headers)
+        direct, proxied = _direct_and_proxied(
+            client, upstream.url, proxy_url, "/v1/chat/completions",
+            openai_body("byte for byte", stream=True, stream_options={"include_usage": True}), OPENAI_HEADERS)
     assert direct.status_code == proxied.status_code == 200
     assert proxied.content == direct.content
     assert proxied.headers["content-type"] == direct.headers["content-type"]
@@ -114,21 +123,17 @@ def test_openai_stream_bytes_identical_to_direct(proxy_url, upstream):
 
 
 def test_anthropic_stream_bytes_identical_to_direct(proxy_url, upstream):
-    content = json.dumps(anthropic_body("byte for byte", stream=True)).encode()
-    headers = {"content-type": "application/json", **ANTHROPIC_HEADERS}
     with httpx.Client(timeout=15) as client:
-        direct = client.post(upstream.url + "/v1/messages", content=content, headers=headers)
-        proxied = client.post(proxy_url + "/v1/messages", content=content, headers=headers)
+        direct, proxied = _direct_and_proxied(client, upstream.url, proxy_url, "/v1/messages",
+                                              anthropic_body("byte for byte", stream=True), ANTHROPIC_HEADERS)
     assert direct.status_code == proxied.status_code == 200
     assert proxied.content == direct.content
 
 
 def test_json_answer_bytes_and_headers_identical_to_direct(proxy_url, upstream):
-    content = json.dumps(openai_body("plain bytes")).encode()
-    headers = {"content-type": "application/json", "authorization": "Bearer sk-test"}
     with httpx.Client(timeout=15) as client:
-        direct = client.post(upstream.url + "/v1/chat/completions", content=content, headers=headers)
-        proxied = client.post(proxy_url + "/v1/chat/completions", content=content, headers=headers)
+        direct, proxied = _direct_and_proxied(client, upstream.url, proxy_url, "/v1/chat/completions",
+                                              openai_body("plain bytes"), OPENAI_HEADERS)
     assert proxied.content == direct.content
     for name in ("content-type", "x-request-id", "x-fake-upstream"):
         assert proxied.headers.get(name) == direct.headers.get(name), name
@@ -137,11 +142,9 @@ def test_json_answer_bytes_and_headers_identical_to_direct(proxy_url, upstream):
 
 
 def test_one_date_field_the_upstreams_on_a_relayed_answer_and_the_proxys_own_on_its_answers(proxy_url, upstream):
-    content = json.dumps(openai_body("dated")).encode()
-    headers = {"content-type": "application/json", "authorization": "Bearer sk-test"}
     with httpx.Client(timeout=15) as client:
-        direct = client.post(upstream.url + "/v1/chat/completions", content=content, headers=headers)
-        proxied = client.post(proxy_url + "/v1/chat/completions", content=content, headers=headers)
+        direct, proxied = _direct_and_proxied(client, upstream.url, proxy_url, "/v1/chat/completions",
+                                              openai_body("dated"), OPENAI_HEADERS)
         own = [client.get(proxy_url + "/v1/../etc"), client.get(proxy_url + "/_ctxwarden/health")]
     assert proxied.headers.get_list("date") == direct.headers.get_list("date") and len(direct.headers.get_list("date")) == 1
     assert proxied.headers.get_list("server") == direct.headers.get_list("server"), "no Server field of its own"
