@@ -1,9 +1,12 @@
 """CPU per request of the cancellation constructs on a request's way: a
 request's work watched for the client's disconnect (an anyio task group
 and its task, or an anyio scope cancelled by a bare asyncio task:
-incoming.until_disconnected), and a deadline (anyio.fail_after or
-asyncio.timeout). Each runs around a piece of work that does not suspend,
-on uvloop, N times; the figure is CPU time (process_time) per use.
+incoming.until_disconnected; or that scope with the task's start put off by
+a timer that the work outlasts or not: incoming.ClientWatch), and a
+deadline (anyio.fail_after or asyncio.timeout). Each runs around a piece of
+work that does not suspend (or, for the watch, suspends once, as a request
+waiting for its upstream does, so that a started watch task runs), on uvloop,
+N times; the figure is CPU time (process_time) per use.
 
     python bench/cancel_scopes.py
 """
@@ -44,6 +47,32 @@ async def scope_and_bare_task() -> None:
         watcher.cancel()
 
 
+async def _waits() -> None:
+    await asyncio.sleep(0)
+
+
+async def watch_task_started() -> None:
+    scope = anyio.CancelScope()
+    watcher = asyncio.get_running_loop().create_task(_forever())
+    try:
+        with scope:
+            await _waits()
+    finally:
+        watcher.cancel()
+        await asyncio.sleep(0)   # its cancellation runs, as it does after a response
+
+
+async def watch_timer_not_reached() -> None:
+    scope = anyio.CancelScope()
+    timer = asyncio.get_running_loop().call_later(10, print)
+    try:
+        with scope:
+            await _waits()
+    finally:
+        timer.cancel()
+        await asyncio.sleep(0)
+
+
 async def anyio_fail_after() -> None:
     with anyio.fail_after(10):
         await _work()
@@ -56,8 +85,9 @@ async def asyncio_timeout() -> None:
 
 async def main() -> None:
     print(load_average())
-    for construct in (task_group, scope_and_bare_task, anyio_fail_after, asyncio_timeout):
-        print(f"  {construct.__name__:22} {await per_await_us(construct, N):6.1f} us per use")
+    for construct in (task_group, scope_and_bare_task, watch_task_started, watch_timer_not_reached,
+                      anyio_fail_after, asyncio_timeout):
+        print(f"  {construct.__name__:24} {await per_await_us(construct, N):6.1f} us per use")
 
 
 if __name__ == "__main__":
