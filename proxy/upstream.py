@@ -74,6 +74,15 @@ def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
     return _dropping(raw, _RESPONSE_DROP)
 
 
+def _first_value(raw: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    # httpx.Headers.get decodes every header and joins repeated ones: four
+    # times the cost, for the three fields a relay reads
+    for key, value in raw:
+        if key.lower() == name:
+            return value
+    return None
+
+
 class UpstreamClient:
     """The process's one upstream connection pool; what to send where comes
     with each request as a Target (URL, key and timeouts of one config together).
@@ -219,11 +228,12 @@ async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes
     an SSE stream the upstream broke off. `record` learns of a broken stream,
     and says how many calls the answer took (retrying.attempts_header).
     """
-    upstream_headers = response_headers(response.headers.raw)
+    raw = response.headers.raw
+    upstream_headers = response_headers(raw)
     if record is not None:
         extra_headers = extra_headers + attempts_header(record.attempts)
-    length = response.headers.get("content-length")
-    if length is not None and int(length) <= WHOLE_BODY_LIMIT:
+    length = _first_value(raw, b"content-length")
+    if length is not None and length.isdigit() and int(length) <= WHOLE_BODY_LIMIT:
         try:
             # the transport's stream itself: aiter_raw's bookkeeping is for
             # callers that read an answer more than once
@@ -247,8 +257,8 @@ async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes
         relayed = Response(body, status_code=response.status_code)
         relayed.raw_headers += upstream_headers + extra_headers
         return relayed
-    is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
-    can_signal = is_sse and stream_error_dialect is not None and "content-encoding" not in response.headers
+    is_sse = (_first_value(raw, b"content-type") or b"").startswith(b"text/event-stream")
+    can_signal = is_sse and stream_error_dialect is not None and _first_value(raw, b"content-encoding") is None
     if tap is not None:
         tap.start(response.status_code, upstream_headers)
     relayed = StreamingResponse(
