@@ -7,7 +7,7 @@ then sends the same requests to the fake directly and through each proxy, side
 by side in one run, and prints p50/p99 latency, req/s and the added latency for:
 
   (a) one client sending back to back (plain and streaming; one request to each
-      target in turn, the order rotating, so drift affects all alike; LiteLLM
+      target in turn, the order shuffled, so drift affects all alike; LiteLLM
       takes turns with direct in a rotation of its own, see below),
   (b) 50 concurrent clients (keep-alive connections), one target after another,
   (c) time to first byte of a stream (first SSE event), direct vs proxied,
