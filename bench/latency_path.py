@@ -1,10 +1,13 @@
 """Where the latency a proxied request adds is spent, step by step.
 
-One client sends small chat requests back to back through the proxy to the
-fake upstream. Both servers (bench/_stamped.py) read the one clock all
-processes of the machine share at each step of every request, so the time
-between two steps, in or across processes, is a difference of readings.
-Prints the median of each step over N requests (after a warm-up): what the
+One client sends small chat requests through the proxy to the fake
+upstream: first back to back, then each followed by one sent to the fake
+directly, as bench/overhead.py's one-client runs take turns between targets
+(every process then finds less of its work in the CPU's caches). Both
+servers (bench/_stamped.py) read the one clock all processes of the machine
+share at each step of every request, so the time between two steps, in or
+across processes, is a difference of readings. Prints, side by side, the
+median of each step over N requests (after a warm-up) each way: what the
 server does before the app is called, the app before the upstream call, the
 upstream's own time, the app after the answer's head, and the sending.
 The readings cost about a microsecond each.
@@ -65,17 +68,35 @@ def start(what: str, port: int, folder: str, *extra: str) -> subprocess.Popen:
     return proc
 
 
-async def drive(port: int, body: bytes, n: int) -> list[tuple[float, float]]:
-    connection = Conn(port)
+async def drive(port: int, body: bytes, n: int, direct_port: int | None = None) -> list[tuple[float, float]]:
+    """(sent, received) of each request through the proxy after the warm-up;
+    with `direct_port`, each is followed by one sent there."""
+    connection, direct = Conn(port), Conn(direct_port) if direct_port else None
     await connection.open()
+    if direct is not None:
+        await direct.open()
     raw = build_request(port, body)
+    direct_raw = build_request(direct_port, body) if direct_port else b""
     times = []
     for _ in range(WARMUP + n):
         sent = time.perf_counter()
         await connection.request(raw)
         times.append((sent, time.perf_counter()))
+        if direct is not None:
+            await direct.request(direct_raw)
     await connection.close()
+    if direct is not None:
+        await direct.close()
     return times[WARMUP:]
+
+
+def medians(client: list[tuple[float, float]], proxied: list[dict], upstream: list[dict]) -> list[float]:
+    """Each step's median, in us, over the requests of one way of sending."""
+    readings = [{"client sends": sent, "client receives": received,
+                 **{f"proxy: {k}": v for k, v in p.items()}, **{f"fake: {k}": v for k, v in f.items()}}
+                for (sent, received), p, f in zip(client, proxied, upstream)]
+    return [statistics.median([r[then] - r[first] for r in readings if first in r and then in r]) * 1e6
+            for first, then, _ in STEPS]
 
 
 def main() -> int:
@@ -90,24 +111,26 @@ def main() -> int:
                       .replace("<server ", BENCH_LOGGING + "  <server ", 1))
     fake = start("fake", fake_port, folder)
     proxy = start("proxy", proxy_port, folder, "--config", str(config))
+    body = STREAM_BODY if args.stream else PLAIN_BODY
     try:
-        client = run(lambda: drive(proxy_port, STREAM_BODY if args.stream else PLAIN_BODY, args.n))
+        back_to_back = run(lambda: drive(proxy_port, body, args.n))
+        taking_turns = run(lambda: drive(proxy_port, body, args.n, direct_port=fake_port))
     finally:
         for proc in (proxy, fake):
             proc.send_signal(signal.SIGINT)
         for proc in (proxy, fake):
             proc.wait(timeout=30)
-    proxied = json.loads(Path(folder, "proxy.json").read_text())[WARMUP:]
-    upstream = json.loads(Path(folder, "fake.json").read_text())[WARMUP:]
-    readings = [{"client sends": sent, "client receives": received,
-                 **{f"proxy: {k}": v for k, v in p.items()}, **{f"fake: {k}": v for k, v in f.items()}}
-                for (sent, received), p, f in zip(client, proxied, upstream)]
-    print(f"latency_path.py: {args.n} {'streamed' if args.stream else 'plain'} requests, one client, "
+    proxied = json.loads(Path(folder, "proxy.json").read_text())
+    upstream = json.loads(Path(folder, "fake.json").read_text())
+    first = WARMUP + args.n
+    # the fake's readings in the second way alternate: the proxy's call, then the direct request
+    columns = (medians(back_to_back, proxied[WARMUP:first], upstream[WARMUP:first]),
+               medians(taking_turns, proxied[first + WARMUP:], upstream[first:][::2][WARMUP:]))
+    print(f"latency_path.py: {args.n} {'streamed' if args.stream else 'plain'} requests each way, one client, "
           f"{load_average()}")
-    print(f"  {'median, us':>10}  step")
-    for first, then, what in STEPS:
-        spans = [r[then] - r[first] for r in readings if first in r and then in r]
-        print(f"  {statistics.median(spans) * 1e6:10.1f}  {what}")
+    print(f"  {'back to back':>12}  {'taking turns':>12}  step (median, us)")
+    for (_, _, what), a, b in zip(STEPS, *columns):
+        print(f"  {a:12.1f}  {b:12.1f}  {what}")
     return 0
 
 
