@@ -107,11 +107,15 @@ def error_line(lines: Sequence[str]) -> str | None:
 
 
 _TAG_RE = re.compile(r"</?[A-Za-z_][\w-]*>")
+# three characters for which str.isalnum() is true (\w is exactly those and "_"),
+# found without a Python step per character: every line of every output is asked
+_THREE_ALNUM = re.compile(r"[^\W_](?:.*?[^\W_]){2}", re.S)
 
 
 def _says_something(line: str) -> bool:
-    """Not blank and not just markup (an output wrapped in <output> tags)."""
-    return sum(c.isalnum() for c in _TAG_RE.sub("", line)) >= 3
+    """Not blank and not just markup (an output wrapped in <output> tags):
+    three letters or digits outside tags."""
+    return _THREE_ALNUM.search(_TAG_RE.sub("", line) if "<" in line else line) is not None
 
 
 def _result_lines(message: Message) -> list[str]:
