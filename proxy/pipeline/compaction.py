@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from ..tokens import count_text
 from ..dialects.base import Message
-from .text import MARKER_PREFIX, identifiers
+from .text import MARKER_PREFIX, identifiers, terms_of
 
 THOUGHT_CHARS = 300     # the assistant's own reasoning: its first line, cut to this many characters
 LINE_CHARS = 300        # output lines longer than this are cut (and then no longer verbatim)
@@ -187,7 +187,9 @@ def _stub(unit: Sequence[Message], weights: dict[str, float]) -> NoteEntry | Non
         lines.append(("result", f"  {verb} {len(output)} line{'s' if len(output) != 1 else ''}, among them:"))
         lines.extend(("result", "    " + line) for line in shown)
         for line in output[:MAX_SCORED_LINES]:
-            score = sum(weights.get(term, 0.0) for term in identifiers(line))
+            # the weights' terms are identifiers: the line's other terms weigh nothing
+            # whether salient or not, so they need not be asked (the same sum)
+            score = sum(weights.get(term, 0.0) for term in terms_of(line))
             if score > 0 and _cut(line, LINE_CHARS) not in shown:
                 scored.append((-score, len(scored), line.strip()))
     if not head and not lines:
@@ -201,7 +203,8 @@ def focus_weights(focus_texts: Iterable[str], unit_texts: Sequence[str]) -> dict
     """Identifiers of the focus, weighted by how rare they are among the compacted units."""
     df: dict[str, int] = {}
     for text in unit_texts:
-        for term in identifiers(text):
+        # every term counted: only the focus's identifiers are looked up
+        for term in terms_of(text):
             df[term] = df.get(term, 0) + 1
     n = len(unit_texts)
     weights = {}

@@ -20,7 +20,9 @@ def terms_of(text: str) -> dict:
         if len(tok) < 3:
             continue
         out[tok] = 1
-        if not tok[0].isdigit() and _SPLIT_RE.search(tok):
+        # a name with a separator: what _TERM_RE matches is a (ASCII) Python
+        # identifier exactly when it has none, and isidentifier is one C call
+        if not tok.isidentifier() and not tok[0].isdigit():
             for part in _SPLIT_RE.split(tok):
                 if len(part) >= 3:
                     out[part] = 1
