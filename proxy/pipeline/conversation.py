@@ -40,7 +40,7 @@ from .compaction import calls_of, compact_units, render_note
 from .invariants import check_turn
 from .overflow import cut_message
 from .plan import RewritePlan
-from .recall import Archive, recall_text
+from .recall import RUN, Archive, recall_text
 from .state import (ConversationState, Item, TurnOutcome, conversation_keys, has_markers, origin_of, plan_key,
                     without_markers)
 from .text import MARKER_PREFIX
@@ -159,13 +159,26 @@ class SentText:
     """The compact JSON of a note and the items after it, less the list's
     brackets, growing as items are appended, and which names it holds: a name
     (no ``,``: it cannot span two items) found stays found, and one not found
-    is looked for next time only in what was appended since."""
+    is looked for next time only in what was appended since.
+
+    A replay asks for names at every step: after ``INDEX_AFTER`` look-ups the
+    text is indexed as the Archive is (recall.py), its distinct runs of the
+    bytes a name can hold kept joined by a newline, a chunk per extension; a
+    name of those bytes only occurs in the text inside one run, so it is
+    looked for in that vocabulary, much shorter than the text."""
+
+    INDEX_AFTER = 16
 
     def __init__(self, note: str | None, head: int):
         self.note, self.head, self.items = note, head, ()
         self.blob = compact_or_none(note)
         self._found: set[bytes] = set()
-        self._searched: dict[bytes, int] = {}   # name -> length of the text it was not in
+        # name -> where the text it was not in ended: a length of the blob, or
+        # once indexed, a number of vocabulary chunks
+        self._searched: dict[bytes, int] = {}
+        self._scans = 0
+        self._runs: set[bytes] | None = None
+        self._vocabulary: list[bytes] = []
 
     def continues(self, state: ConversationState) -> bool:
         return (state.note == self.note and state.head == self.head
@@ -174,17 +187,43 @@ class SentText:
     def extend(self, items: tuple, parts: list[bytes]) -> None:
         if parts:
             self.blob = b",".join([self.blob, *parts])
+            if self._runs is not None:
+                self._index(parts)
         self.items = items
+
+    def _index(self, parts: list[bytes]) -> None:
+        runs, new = self._runs, []
+        for part in parts:
+            for run in RUN.findall(part):
+                if run not in runs:
+                    runs.add(run)
+                    new.append(run)
+        if new:
+            self._vocabulary.append(b"\n".join(new))
 
     def __contains__(self, name: bytes) -> bool:
         if name in self._found:
             return True
-        start = self._searched.get(name, 0) if b"," not in name else 0
-        if self.blob.find(name, start) >= 0:
+        if RUN.fullmatch(name) is None:
+            # bytes no run holds (a "," may span two items): the whole text
+            found = self.blob.find(name) >= 0
+        else:
+            self._scans += 1
+            if self._runs is None and self._scans > self.INDEX_AFTER:
+                self._runs, self._searched = set(), {}
+                self._index([self.blob])
+            start = self._searched.get(name, 0)
+            if self._runs is not None:
+                found = any(name in chunk for chunk in self._vocabulary[start:])
+                end = len(self._vocabulary)
+            else:
+                found = self.blob.find(name, start) >= 0
+                end = len(self.blob)
+            if not found:
+                self._searched[name] = end
+        if found:
             self._found.add(name)
-            return True
-        self._searched[name] = len(self.blob)
-        return False
+        return found
 
 
 def _in_tool_result(path: tuple) -> bool:

@@ -32,7 +32,7 @@ def _utf8(text: str) -> bytes:
 
 # What a name can hold: ASCII letters, digits and _./:- (identifiers), and
 # non-ASCII bytes (\d matches other scripts' digits); every other byte ends a run.
-_RUN = re.compile(rb"[A-Za-z0-9_./:\-\x80-\xff]+")
+RUN = re.compile(rb"[A-Za-z0-9_./:\-\x80-\xff]+")
 
 
 class Archive:
@@ -41,7 +41,7 @@ class Archive:
 
     The first look-ups scan the texts joined by ``,`` (which no name holds).
     A replay looks up names at every step, so after ``INDEX_AFTER`` scans the
-    archive is indexed: a name holds no byte outside ``_RUN``'s class, so it
+    archive is indexed: a name holds no byte outside ``RUN``'s class, so it
     occurs in a text only inside one of the text's maximal runs of that
     class; each message is split into its distinct runs once, and a name is
     searched for in the vocabulary of runs (joined by a newline, in chunks as
@@ -81,7 +81,7 @@ class Archive:
         new_runs: list[bytes] = []
         messages = self._messages
         for i, text in texts.items():
-            for run in set(_RUN.findall(text)):
+            for run in set(RUN.findall(text)):
                 holding = messages.get(run)
                 if holding is None:
                     messages[run] = [i]
@@ -97,7 +97,7 @@ class Archive:
         found = self._holding.get(name)
         if found is not None:
             return found
-        if not name or _RUN.fullmatch(name) is None:
+        if not name or RUN.fullmatch(name) is None:
             raise ValueError(f"not a name: {name!r}")
         self._scans += 1
         if self._messages is None and self._scans > self.INDEX_AFTER:

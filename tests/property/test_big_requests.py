@@ -118,19 +118,35 @@ def test_the_joined_archive_finds_what_a_scan_of_each_message_finds(archive, wan
 def test_the_growing_sent_text_answers_as_the_whole_text(note, steps):
     """Between compactions a replay appends items; ``in`` on the kept text is ``in`` on the whole."""
     REACHED["sent texts"] += 1
-    sent = SentText(note, 1)
+    # scanned whole, indexed at once, and indexed midway (after two look-ups)
+    texts = [SentText(note, 1) for _ in range(3)]
+    texts[1].INDEX_AFTER, texts[2].INDEX_AFTER = 0, 2
     items: tuple = ()
     for added, wanted in steps:
         items = items + tuple({"role": "tool", "content": text} for text in added)
         state = ConversationState(note=note, head=1, items=items)
-        assert sent.continues(state)
-        sent.extend(items, [compact(item) for item in items[len(sent.items):]])
         whole = compact([note, *items])
+        for sent in texts:
+            assert sent.continues(state)
+            sent.extend(items, [compact(item) for item in items[len(sent.items):]])
         for name in wanted:
             REACHED["names sent"] += name.encode() in whole
-            assert (name.encode() in sent) == (name.encode() in whole)
-            assert (name.encode() in sent) == (name.encode() in whole)
-    assert not sent.continues(ConversationState(note=note + "x", head=1, items=items))
+            for sent in texts:
+                assert (name.encode() in sent) == (name.encode() in whole)
+                assert (name.encode() in sent) == (name.encode() in whole)
+    for sent in texts:
+        assert not sent.continues(ConversationState(note=note + "x", head=1, items=items))
+
+
+def test_an_indexed_sent_text_finds_no_name_across_two_runs():
+    """The vocabulary keeps its runs apart: "ab cd" holds no "bc"."""
+    for index_after in (0, 1, 16):
+        sent = SentText("ab cd", 1)
+        sent.INDEX_AFTER = index_after
+        sent.extend((0,), [compact({"role": "tool", "content": "ef/gh ij"})])
+        for _ in range(3):
+            assert b"bc" not in sent and b"hi" not in sent and b"fg" not in sent
+            assert b"ab" in sent and b"ef/gh" in sent and b"f/g" in sent
 
 
 json_values = st.recursive(st.none() | st.integers() | st.text(max_size=3),
