@@ -56,7 +56,7 @@ from ctxwarden.chat import parse_chat_body, prepare_chat  # noqa: E402
 from ctxwarden.config import TokenManagement  # noqa: E402
 from ctxwarden.dialects import openai, request_tokens  # noqa: E402
 from ctxwarden.pipeline import ConversationState, conversation_keys  # noqa: E402
-from ctxwarden.tokens import DEFAULT_ENCODING, clear_cache  # noqa: E402
+from ctxwarden.tokens import DEFAULT_ENCODING, clear_cache, get_encoding  # noqa: E402
 
 CORPUS = REPO / ".." / "shared" / "corpus" / "visible.jsonl"
 FALLBACK_CORPUS = Path("/work/shared/corpus/visible.jsonl")
@@ -126,6 +126,9 @@ def timed(function, repeat: int, before=None) -> tuple[list[float], object]:
 
 def stages(raw: bytes, raw_next: bytes, tokens: TokenManagement, repeat: int) -> list[tuple[str, list[float]]]:
     pricing = openai.default_pricing
+    # loaded before the first request, as the proxy's start loads them (app.Proxy.start)
+    for encoding in {DEFAULT_ENCODING, *tokens.encodings()}:
+        get_encoding(encoding)
     rows = []
     s, body = timed(lambda: parse_chat_body(raw, openai), repeat)
     rows.append(("parse", s))
