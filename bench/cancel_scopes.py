@@ -37,40 +37,43 @@ async def task_group() -> None:
         tasks.cancel_scope.cancel()
 
 
-async def scope_and_bare_task() -> None:
-    scope = anyio.CancelScope()
-    watcher = asyncio.get_running_loop().create_task(_forever())
-    try:
-        with scope:
-            await _work()
-    finally:
-        watcher.cancel()
-
-
 async def _waits() -> None:
     await asyncio.sleep(0)
 
 
-async def watch_task_started() -> None:
+def _watcher_task() -> asyncio.Task:
+    return asyncio.get_running_loop().create_task(_forever())
+
+
+def _timer() -> asyncio.TimerHandle:
+    return asyncio.get_running_loop().call_later(10, print)
+
+
+async def _watched(start_watch, work, settle: bool) -> None:
+    """`work` in an anyio scope that `start_watch()`'s task or timer would
+    cancel; with `settle`, the watch's cancellation runs before the figure
+    ends, as it does after a response."""
     scope = anyio.CancelScope()
-    watcher = asyncio.get_running_loop().create_task(_forever())
+    watch = start_watch()
     try:
         with scope:
-            await _waits()
+            await work()
     finally:
-        watcher.cancel()
-        await asyncio.sleep(0)   # its cancellation runs, as it does after a response
+        watch.cancel()
+        if settle:
+            await asyncio.sleep(0)
+
+
+async def scope_and_bare_task() -> None:
+    await _watched(_watcher_task, _work, settle=False)
+
+
+async def watch_task_started() -> None:
+    await _watched(_watcher_task, _waits, settle=True)
 
 
 async def watch_timer_not_reached() -> None:
-    scope = anyio.CancelScope()
-    timer = asyncio.get_running_loop().call_later(10, print)
-    try:
-        with scope:
-            await _waits()
-    finally:
-        timer.cancel()
-        await asyncio.sleep(0)
+    await _watched(_timer, _waits, settle=True)
 
 
 async def anyio_fail_after() -> None:
