@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _micro import load_average, per_await_us, per_call_us, run  # noqa: E402
 from ctxwarden.dialects import get_dialect  # noqa: E402
-from ctxwarden.incoming import ClientWatch, respond  # noqa: E402
+from ctxwarden.incoming import ClientWatch, first_value, respond  # noqa: E402
 from ctxwarden.observability.record import RequestRecord  # noqa: E402
-from ctxwarden.upstream import _first_value, relay  # noqa: E402
+from ctxwarden.upstream import relay  # noqa: E402
 
 N = 20000
 EVENTS = 200
@@ -78,8 +78,8 @@ def through_httpx_headers(response: httpx.Response) -> tuple:
 
 def from_the_raw_head(response: httpx.Response) -> tuple:
     raw = response.headers.raw
-    return (_first_value(raw, b"content-length"), _first_value(raw, b"content-type"),
-            _first_value(raw, b"content-encoding") is None)
+    return (first_value(raw, b"content-length"), first_value(raw, b"content-type"),
+            first_value(raw, b"content-encoding") is None)
 
 
 async def main() -> None:

@@ -17,6 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from .config import ServerSettings, Upstream
 from .dialects import Dialect, get_dialect
 from .errors import BadPath, UpstreamTimeout, UpstreamUnavailable
+from .incoming import first_value
 from .observability.record import RequestRecord
 from .retrying import attempts_header
 from .routing import Target
@@ -72,15 +73,6 @@ def request_headers(raw: list[tuple[bytes, bytes]], upstream: Upstream,
 
 def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return _dropping(raw, _RESPONSE_DROP)
-
-
-def _first_value(raw: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    # httpx.Headers.get decodes every header and joins repeated ones: four
-    # times the cost, for the three fields a relay reads
-    for key, value in raw:
-        if key.lower() == name:
-            return value
-    return None
 
 
 class UpstreamClient:
@@ -232,7 +224,7 @@ async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes
     upstream_headers = response_headers(raw)
     if record is not None:
         extra_headers = extra_headers + attempts_header(record.attempts)
-    length = _first_value(raw, b"content-length")
+    length = first_value(raw, b"content-length")
     if length is not None and length.isdigit() and int(length) <= WHOLE_BODY_LIMIT:
         try:
             # the transport's stream itself: aiter_raw's bookkeeping is for
@@ -257,8 +249,8 @@ async def relay(response: httpx.Response, extra_headers: list[tuple[bytes, bytes
         relayed = Response(body, status_code=response.status_code)
         relayed.raw_headers += upstream_headers + extra_headers
         return relayed
-    is_sse = (_first_value(raw, b"content-type") or b"").startswith(b"text/event-stream")
-    can_signal = is_sse and stream_error_dialect is not None and _first_value(raw, b"content-encoding") is None
+    is_sse = (first_value(raw, b"content-type") or b"").startswith(b"text/event-stream")
+    can_signal = is_sse and stream_error_dialect is not None and first_value(raw, b"content-encoding") is None
     if tap is not None:
         tap.start(response.status_code, upstream_headers)
     relayed = StreamingResponse(
