@@ -106,6 +106,24 @@ class Conn:
         return status, ttfb, time.perf_counter() - t0, size
 
 
+async def send_on(conn: Conn, raw: bytes, result: Result) -> tuple[int, float, float, int]:
+    """`conn.request(raw)`; when the server closed the keep-alive connection
+    before answering (LiteLLM's does now and then), the request is sent again
+    on a new connection, as HTTP clients do, and counted in
+    `result.reconnects`. A connection broken mid-answer still fails the run."""
+    try:
+        return await conn.request(raw)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise
+    except ConnectionResetError:
+        pass
+    result.reconnects += 1
+    await conn.close()
+    await conn.open()
+    return await conn.request(raw)
+
+
 async def probe(port: int, body: bytes) -> int:
     """One request on a fresh connection; its status."""
     conn = Conn(port)
@@ -126,6 +144,7 @@ class Result:
     ttfbs: list[float] = field(default_factory=list)
     wall: float = 0.0
     errors: int = 0
+    reconnects: int = 0  # keep-alive connections the server closed before answering (send_on)
     cpu_server: float = 0.0  # seconds of CPU of the measured server (proxy, or fake when direct)
     cpu_fake: float = 0.0  # seconds of CPU of the fake upstream behind a proxy
     cpu_loadgen: float = 0.0
@@ -205,7 +224,7 @@ async def single_client(
         shuffle(order)
         for t in order:
             try:
-                status, ttfb, total, _ = await conns[t].request(raws[t])
+                status, ttfb, total, _ = await send_on(conns[t], raws[t], results[t])
             except (OSError, asyncio.IncompleteReadError) as exc:
                 raise RuntimeError(f"request {i} to port {ports[t]} failed: {exc!r}") from exc
             if status != 200:
@@ -235,7 +254,7 @@ async def concurrent(port: int, body: bytes, n: int, clients: int, server_pid: i
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            status, ttfb, total, _ = await conn.request(raw)
+            status, ttfb, total, _ = await send_on(conn, raw, res)
             if status != 200:
                 res.errors += 1
             res.latencies.append(total)

@@ -54,10 +54,13 @@ import datetime
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -73,6 +76,7 @@ from tests.servers import free_port, proxy_config_xml  # noqa: E402
 # request logging off in the proxy, as in LiteLLM below: the benchmark measures
 # forwarding, not writing a log line per request
 BENCH_LOGGING = '  <logging level="warning" requests="false"/>\n'
+T = TypeVar("T")
 
 
 @dataclass
@@ -83,6 +87,25 @@ class Target:
     results: dict[str, Result] = field(default_factory=dict)
     # direct's results in this target's own one-client rotation, where it had one
     reference: dict[str, Result] = field(default_factory=dict)
+    # starts the target's server again on the same port (LiteLLM's: it crashes
+    # now and then, and one crash should not cost the whole run); None: not restarted
+    restart: Callable[[], subprocess.Popen] | None = None
+    proc: subprocess.Popen | None = None
+    crashes: list[str] = field(default_factory=list)
+
+    def again_if_crashed(self, scenario: str, measure_once: Callable[[], T]) -> T:
+        """`measure_once()`; when it failed because this target's server died,
+        the server is started again and the scenario measured again, once."""
+        try:
+            return measure_once()
+        except (RuntimeError, OSError, asyncio.IncompleteReadError):
+            if self.restart is None or self.proc is None or self.proc.poll() is None:
+                raise
+            self.crashes.append(f"{self.name} exited with code {self.proc.returncode} during '{scenario}'; "
+                                "started again, and that scenario measured again")
+            self.proc = self.restart()
+            self.pid = self.proc.pid
+            return measure_once()
 
 
 def ms(x: float) -> str:
@@ -114,11 +137,12 @@ def measure(targets: list[Target], fake_pid: int, args: argparse.Namespace) -> d
                                                       body, args.n, args.warmup))):
             t.results[key] = res
         for t in apart:
-            t.reference[key], t.results[key] = run(single_client([direct.port, t.port], [direct.pid, t.pid],
-                                                                 body, args.n, args.warmup))
+            t.reference[key], t.results[key] = t.again_if_crashed(key, lambda: run(single_client(
+                [direct.port, t.port], [direct.pid, t.pid], body, args.n, args.warmup)))
     for key, body in (("c plain", PLAIN_BODY), ("c stream", STREAM_BODY)):
         for t in targets:
-            t.results[key] = run(concurrent(t.port, body, args.n, args.concurrency, t.pid, fake_pid))
+            t.results[key] = t.again_if_crashed(key, lambda: run(concurrent(
+                t.port, body, args.n, args.concurrency, t.pid, fake_pid)))
     wrk: dict[str, float | None] = {}
     for t in targets:
         wrk[t.name] = run_wrk(t.port, PLAIN_BODY, args.concurrency, 10)
@@ -139,7 +163,7 @@ def report(targets: list[Target], wrk: dict[str, float | None], args: argparse.N
           f"\nN={args.n} per scenario and "
           f"target, {os.cpu_count()} CPUs, load average {load_before} before, {loadavg()} after")
     print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}")
-    for note in notes:
+    for note in notes + [crash for t in targets for crash in t.crashes]:
         print(note)
     print("latencies in ms; +p50/+p99 = proxied percentile - direct percentile")
     groups = [f"{'direct':^23}"] + [f"{t.name:^39}" for t in proxies]
@@ -164,6 +188,10 @@ def report(targets: list[Target], wrk: dict[str, float | None], args: argparse.N
             own = t.reference["1 plain"]
             print(f"{t.name}: 1 client, in a rotation of its own with direct (direct there: plain p50/p99 "
                   f"{ms(own.pct(50)).strip()} / {ms(own.pct(99)).strip()} ms); its +p50/+p99 are against that")
+    reconnects = {t.name: sum(r.reconnects for r in [*t.results.values(), *t.reference.values()]) for t in targets}
+    if any(reconnects.values()):
+        print("requests sent again because the server closed its keep-alive connection before answering: "
+              + ", ".join(f"{name} {count}" for name, count in reconnects.items()))
     if wrk.get(direct.name) is not None:
         print(f"wrk -c{c} plain, 10 s: " + ", ".join(f"{t.name} {wrk[t.name]:.0f} req/s" for t in targets))
 
@@ -334,7 +362,15 @@ def main() -> int:
                 notes.append("litellm: skipped, could not be started (see above)")
             else:
                 procs.append(proc)
-                targets.append(Target("litellm", port, proc.pid))
+
+                def restart_litellm(port: int = port) -> subprocess.Popen:
+                    proc, why = start_litellm(llm_python, fake_port, port, tmp.name)
+                    if proc is None:
+                        raise StartError(f"LiteLLM could not be started again: {why}")
+                    procs.append(proc)
+                    return proc
+
+                targets.append(Target("litellm", port, proc.pid, restart=restart_litellm, proc=proc))
                 notes.append(f"litellm: LiteLLM {litellm_version(llm_python)} proxy, 1 uvicorn worker, "
                              "no DB/master key/callbacks (bench/_overhead_procs.py)")
         else:
@@ -344,6 +380,8 @@ def main() -> int:
             # each run's tables printed as it ends, the servers kept for the next
             wrk = measure(targets, fake.pid, args)
             runs.append(report(targets, wrk, args, notes, started, load_before))
+            for t in targets:
+                t.crashes.clear()
             started, load_before = datetime.datetime.now().astimezone(), loadavg()
     except StartError as exc:
         raise SystemExit(str(exc))
