@@ -77,6 +77,7 @@ from tests.servers import free_port, proxy_config_xml  # noqa: E402
 # forwarding, not writing a log line per request
 BENCH_LOGGING = '  <logging level="warning" requests="false"/>\n'
 T = TypeVar("T")
+MAX_RESTARTS = 5   # of a crashing server, per scenario
 
 
 @dataclass
@@ -95,17 +96,20 @@ class Target:
 
     def again_if_crashed(self, scenario: str, measure_once: Callable[[], T]) -> T:
         """`measure_once()`; when it failed because this target's server died,
-        the server is started again and the scenario measured again, once."""
-        try:
-            return measure_once()
-        except (RuntimeError, OSError, asyncio.IncompleteReadError):
-            if self.restart is None or self.proc is None or self.proc.poll() is None:
-                raise
-            self.crashes.append(f"{self.name} exited with code {self.proc.returncode} during '{scenario}'; "
-                                "started again, and that scenario measured again")
-            self.proc = self.restart()
-            self.pid = self.proc.pid
-            return measure_once()
+        the server is started again and the scenario measured again from its
+        start, at most MAX_RESTARTS times."""
+        for restarts in range(MAX_RESTARTS + 1):
+            try:
+                return measure_once()
+            except (RuntimeError, OSError, asyncio.IncompleteReadError):
+                crashed = self.restart is not None and self.proc is not None and self.proc.poll() is not None
+                if not crashed or restarts == MAX_RESTARTS:
+                    raise
+                self.crashes.append(f"{self.name} exited with code {self.proc.returncode} during '{scenario}'; "
+                                    "started again, and that scenario measured again")
+                self.proc = self.restart()
+                self.pid = self.proc.pid
+        raise AssertionError("unreachable")
 
 
 def ms(x: float) -> str:
