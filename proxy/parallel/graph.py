@@ -8,14 +8,17 @@
 
 ``id``            required; a non-empty string of at most 128 characters with no
                   whitespace and no ``{`` or ``}``; unique within the run.
-``request``       required; the chat request body, an object with a ``messages``
-                  list. ``"stream": true`` is refused: a task's answer is needed
-                  whole. Every other field is passed through untouched.
+``request``       required; the chat request body, an object with its dialect's
+                  conversation (``messages``; Responses: ``input``), as the
+                  dialect takes it. ``"stream": true`` and ``"background": true``
+                  are refused: a task's answer is needed whole, in the
+                  response. Every other field is passed through untouched.
 ``depends_on``    optional list of task ids (default ``[]``); the task starts only
                   after all of them finished with status ``ok``. Repeats are
                   ignored; order does not matter.
-``upstream_path`` optional: a dialect's chat path, which picks the task's dialect
-                  (default: the default dialect's, Chat Completions).
+``upstream_path`` optional: a dialect's chat path (``/v1/chat/completions``,
+                  ``/v1/messages``, ``/v1/responses``), which picks the task's
+                  dialect (default: the default dialect's, Chat Completions).
 
 A placeholder ``{{ID}}`` (see :mod:`.templates`) must name a dependency of its
 task, direct or transitive: a dependency of a dependency also finished before
@@ -31,13 +34,14 @@ from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
-from ..dialects import DEFAULT, DIALECTS
+from ..dialects import DEFAULT, DIALECTS, Dialect
 from ..errors import BadRequest
 from .templates import Template, scan
 
 DEFAULT_UPSTREAM_PATH = DEFAULT.chat_path
-# a task's placeholders are filled in its `messages`: the dialects whose conversation is one
-CHAT_PATHS = tuple(d.chat_path for d in DIALECTS.values() if d.conversation_field == "messages")
+CHAT_PATHS = tuple(d.chat_path for d in DIALECTS.values())
+# what would keep a task's answer out of its response
+WHOLE_ANSWER_FLAGS = ("stream", "background")
 TASK_FIELDS = ("id", "request", "depends_on", "upstream_path")
 MAX_ID_LENGTH = 128
 
@@ -67,7 +71,7 @@ class Task:
 
     @property
     def dialect(self) -> str:
-        return next(d.name for d in DIALECTS.values() if d.chat_path == self.upstream_path)
+        return _dialect_of(self.upstream_path).name
 
     @property
     def placeholders(self) -> frozenset[str]:
@@ -213,24 +217,36 @@ def _parse_task(raw: Any, index: int) -> Task:
     request = raw["request"]
     if not isinstance(request, dict):
         raise refuse(f": 'request' must be an object, not {_kind(request)}")
-    messages = request.get("messages")
-    if not isinstance(messages, list):
-        raise refuse(f": request.messages must be a list, not {_kind(messages)}" if "messages" in request
-                     else ": request has no 'messages' list")
-    if request.get("stream") not in (None, False):
-        raise refuse(": request.stream must be false or absent; a task's answer is read whole")
+    path = raw.get("upstream_path")
+    if path is None:
+        path = DEFAULT_UPSTREAM_PATH
+    if path not in CHAT_PATHS:
+        raise refuse(f": upstream_path must be {', '.join(repr(p) for p in CHAT_PATHS[:-1])} or "
+                     f"{CHAT_PATHS[-1]!r}, not {_show(path)}")
+    field = _dialect_of(path).conversation_field
+    if field not in request:
+        raise refuse(f": request has no {field!r}")
+    conversation = request[field]
+    if not isinstance(conversation, list):
+        try:
+            # what else the dialect takes there (Responses: a string)
+            _dialect_of(path).check_body({field: conversation})
+        except BadRequest:
+            raise refuse(f": request.{field} must be a list, not {_kind(conversation)}") from None
+    for flag in WHOLE_ANSWER_FLAGS:
+        if request.get(flag) not in (None, False):
+            raise refuse(f": request.{flag} must be false or absent; a task's answer is read whole")
 
     deps = raw.get("depends_on")
     if deps is None:
         deps = []
     if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
         raise refuse(f": 'depends_on' must be a list of task ids (strings), not {_show(deps)}")
-    path = raw.get("upstream_path")
-    if path is None:
-        path = DEFAULT_UPSTREAM_PATH
-    if path not in CHAT_PATHS:
-        raise refuse(f": upstream_path must be {' or '.join(repr(p) for p in CHAT_PATHS)}, not {_show(path)}")
-    return Task(tid, request, tuple(dict.fromkeys(deps)), path, index, scan(messages))
+    return Task(tid, request, tuple(dict.fromkeys(deps)), path, index, scan(conversation, field))
+
+
+def _dialect_of(path: str) -> Dialect:
+    return next(d for d in DIALECTS.values() if d.chat_path == path)
 
 
 def _kind(v: Any) -> str:

@@ -1,14 +1,18 @@
-"""Placeholders: ``{{ID}}`` in a task's messages, filled with task ID's answer.
+"""Placeholders: ``{{ID}}`` in a task's conversation, filled with task ID's answer.
 
-Substitution happens in ``request["messages"]`` only:
+Substitution happens in the request's conversation only: ``messages`` (Chat
+Completions, Anthropic Messages) or ``input`` (Responses):
 
+* ``input`` itself when it is a string;
 * a message's ``content`` when it is a string;
-* the ``text`` of every ``{"type": "text"}`` block in a ``content`` list,
-  including the blocks (or string ``content``) of Anthropic ``tool_result``
-  blocks.
+* the ``text`` of every text part in a ``content`` list (``text``, and the
+  Responses API's ``input_text`` and ``output_text``), including the parts
+  (or string ``content``) of Anthropic ``tool_result`` blocks and the
+  ``output`` of Responses ``function_call_output`` items.
 
 Nothing else is touched: not roles, names, tool calls, image blocks, the
-Anthropic top-level ``system`` field nor any other request field.
+Anthropic top-level ``system`` field, the Responses ``instructions`` nor any
+other request field.
 
 Syntax, scanned left to right in one pass (inserted answers are never
 re-scanned):
@@ -45,6 +49,8 @@ class Template:
     counts: tuple[tuple[str, int], ...] = ()
     #: how many '{{{{' escapes there are (each becomes '{{')
     escapes: int = 0
+    #: the request field holding the conversation (the dialect's)
+    field: str = "messages"
 
     @property
     def names(self) -> frozenset[str]:
@@ -56,24 +62,38 @@ class Template:
         return bool(self.counts) or self.escapes > 0
 
 
-def scan(messages: list[Any]) -> Template:
-    """The placeholders and escapes of ``messages`` (see the module doc)."""
+def scan(conversation: Any, field: str = "messages") -> Template:
+    """The placeholders and escapes of a request's ``conversation``, the value
+    of its ``field`` (see the module doc)."""
     counts: dict[str, int] = {}
     escapes = 0
-    for s in _message_strings(messages):
+    for s in _conversation_strings(conversation):
         for m in _TOKEN_RE.finditer(s):
             name = m.group(1)
             if name is None:
                 escapes += 1
             else:
                 counts[name] = counts.get(name, 0) + 1
-    return Template(tuple(counts.items()), escapes)
+    return Template(tuple(counts.items()), escapes, field)
 
 
-def _message_strings(messages: list[Any]) -> Iterator[str]:
-    for msg in messages:
-        if isinstance(msg, dict):
-            yield from _content_strings(msg.get("content"))
+# the parts of a content list whose "text" is text (Responses: input_text, output_text)
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+
+
+def _conversation_strings(conversation: Any) -> Iterator[str]:
+    if isinstance(conversation, str):
+        yield conversation
+    elif isinstance(conversation, list):
+        for item in conversation:
+            if isinstance(item, dict):
+                yield from _content_strings(item.get(_text_field(item)))
+
+
+def _text_field(item: dict) -> str:
+    """Where an item of the conversation keeps its text: a Responses tool
+    output in ``output``, every message in ``content``."""
+    return "output" if item.get("type") == "function_call_output" else "content"
 
 
 def _content_strings(content: Any) -> Iterator[str]:
@@ -84,7 +104,7 @@ def _content_strings(content: Any) -> Iterator[str]:
             if not isinstance(block, dict):
                 continue
             kind = block.get("type")
-            if kind == "text" and isinstance(block.get("text"), str):
+            if kind in _TEXT_PARTS and isinstance(block.get("text"), str):
                 yield block["text"]
             elif kind == "tool_result":
                 yield from _content_strings(block.get("content"))
@@ -93,21 +113,25 @@ def _content_strings(content: Any) -> Iterator[str]:
 def fill_placeholders(request: Mapping[str, Any], template: Template, answers: Mapping[str, str]) -> dict[str, Any]:
     """``request`` with its placeholders replaced by ``answers[id]``.
 
-    Returns a new top-level dict (and new message dicts where something
+    Returns a new top-level dict (and new item dicts where something
     changed); ``request`` itself is never modified. ``answers`` must hold every
     id in ``template.names``.
     """
     body = dict(request)
     if not template.templated:
         return body
-    messages = []
-    for msg in request["messages"]:
-        if isinstance(msg, dict) and "content" in msg:
-            new = _fill_content(msg["content"], answers)
-            if new is not msg["content"]:
-                msg = {**msg, "content": new}
-        messages.append(msg)
-    body["messages"] = messages
+    conversation = request[template.field]
+    if isinstance(conversation, str):
+        body[template.field] = _substitute(conversation, answers)
+        return body
+    items = []
+    for item in conversation:
+        if isinstance(item, dict) and (field := _text_field(item)) in item:
+            new = _fill_content(item[field], answers)
+            if new is not item[field]:
+                item = {**item, field: new}
+        items.append(item)
+    body[template.field] = items
     return body
 
 
@@ -120,7 +144,7 @@ def _fill_content(content: Any, answers: Mapping[str, str]) -> Any:
     for block in content:
         if isinstance(block, dict):
             kind = block.get("type")
-            if kind == "text" and isinstance(block.get("text"), str) and "{{" in block["text"]:
+            if kind in _TEXT_PARTS and isinstance(block.get("text"), str) and "{{" in block["text"]:
                 block = {**block, "text": _substitute(block["text"], answers)}
             elif kind == "tool_result" and "content" in block:
                 block = {**block, "content": _fill_content(block["content"], answers)}

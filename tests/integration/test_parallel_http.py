@@ -81,6 +81,34 @@ def test_dependencies_and_placeholders(parallel_url, upstream):
         assert t["tokens_before"] > 0 and t["started_at"] and t["duration_ms"] >= 0
 
 
+def test_responses_tasks_take_and_give_answers(parallel_url, upstream):
+    """A Responses task's placeholders are filled in its `input` (a string, or
+    the text parts of its items), and its answer fills a later task's."""
+    as_string = {"id": "r", "upstream_path": "/v1/responses", "depends_on": ["a"],
+                 "request": {"model": "gpt-4o-mini", "instructions": "keep {{a}} as written",
+                             "input": "responses string: {{a}}"}}
+    as_items = {"id": "s", "upstream_path": "/v1/responses", "depends_on": ["a"],
+                "request": {"model": "gpt-4o-mini", "input": [
+                    {"role": "user", "content": [{"type": "input_text", "text": "responses parts: {{a}}"}]}]}}
+    r = _run(parallel_url, [_task("a", "the first answer"), as_string, as_items,
+                            _task("z", "after responses: {{r}}", depends_on=["r"])])
+    assert r.status_code == 200, r.text
+    results = {t["id"]: t for t in r.json()["tasks"]}
+    assert {t["status"] for t in results.values()} == {"ok"}
+    a_text = results["a"]["answer"]["choices"][0]["message"]["content"]
+    sent = {rec.body.decode(): rec for rec in upstream.recorder.requests if rec.path == "/v1/responses"}
+    string_body = next(rec.json() for body, rec in sent.items() if "responses string" in body)
+    assert string_body["input"] == f"responses string: {a_text}"
+    assert string_body["instructions"] == "keep {{a}} as written"      # only the conversation is filled
+    parts_body = next(rec.json() for body, rec in sent.items() if "responses parts" in body)
+    assert parts_body["input"][0]["content"][0]["text"] == f"responses parts: {a_text}"
+    r_text = "".join(part["text"] for item in results["r"]["answer"]["output"] if item["type"] == "message"
+                     for part in item["content"] if part["type"] == "output_text")
+    assert r_text
+    sent_z = next(rec.json() for rec in upstream.recorder.requests if "after responses" in rec.body.decode())
+    assert sent_z["messages"][0]["content"] == f"after responses: {r_text}"
+
+
 def test_failure_skips_dependants_and_timeout_is_reported(parallel_url, upstream):
     r = _run(parallel_url, [_task("bad", "x", model="broken-1"),
                             _task("after-bad", "{{bad}}", depends_on=["bad"]),

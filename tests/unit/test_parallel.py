@@ -15,7 +15,7 @@ from ctxwarden.parallel.executor import run_task_graph
 from ctxwarden.parallel.gate import UpstreamGate
 from ctxwarden.parallel.graph import Task, TaskGraphError, parse_task_graph
 from ctxwarden.parallel.results import TaskResult, summarize
-from ctxwarden.parallel.templates import fill_placeholders
+from ctxwarden.parallel.templates import fill_placeholders, filled_size, json_string_size
 
 # --------------------------------------------------------------------------- helpers
 
@@ -141,15 +141,22 @@ BAD_BODIES = [
     ({"tasks": [{"id": "x" * 129, "request": chat("x")}]}, 10, "at most 128 characters"),
     ({"tasks": [{"id": "a"}]}, 10, "task 'a' has no 'request'"),
     ({"tasks": [{"id": "a", "request": "hello"}]}, 10, "task 'a': 'request' must be an object, not a string"),
-    ({"tasks": [{"id": "a", "request": {"model": "m"}}]}, 10, "task 'a': request has no 'messages' list"),
+    ({"tasks": [{"id": "a", "request": {"model": "m"}}]}, 10, "task 'a': request has no 'messages'"),
     ({"tasks": [{"id": "a", "request": {"messages": "hi"}}]}, 10,
      "task 'a': request.messages must be a list, not a string"),
     ({"tasks": [{"id": "a", "request": chat("x", stream=True)}]}, 10, "task 'a': request.stream must be false or absent"),
     ({"tasks": [task("a", deps="b")]}, 10, "task 'a': 'depends_on' must be a list of task ids (strings), not \"b\""),
     ({"tasks": [task("a", deps=[1])]}, 10, "'depends_on' must be a list of task ids (strings), not [1]"),
     ({"tasks": [task("a", upstream_path="/v1/embeddings")]}, 10,
-     "task 'a': upstream_path must be '/v1/chat/completions' or '/v1/messages', not \"/v1/embeddings\""),
+     "task 'a': upstream_path must be '/v1/chat/completions', '/v1/messages' or '/v1/responses', "
+     "not \"/v1/embeddings\""),
     ({"tasks": [task("a", upstream_path=3)]}, 10, "upstream_path must be"),
+    ({"tasks": [{"id": "a", "upstream_path": "/v1/responses", "request": chat("x")}]}, 10,
+     "task 'a': request has no 'input'"),
+    ({"tasks": [{"id": "a", "upstream_path": "/v1/responses", "request": {"input": {"text": "x"}}}]}, 10,
+     "task 'a': request.input must be a list, not an object"),
+    ({"tasks": [{"id": "a", "upstream_path": "/v1/responses", "request": {"input": "x", "background": True}}]}, 10,
+     "task 'a': request.background must be false or absent"),
     ({"tasks": [task("a", dependsOn=["b"])]}, 10, "task 'a': unknown field \"dependsOn\""),
     ({"tasks": [task("a"), task("b"), task("a")]}, 10, "duplicate task id 'a' (tasks[0] and tasks[2])"),
     ({"tasks": [task("a", deps=["nope"])]}, 10, "task 'a' depends on unknown task 'nope'"),
@@ -248,7 +255,45 @@ def test_fill_placeholders_every_text_position() -> None:
     assert out["model"] == "m" and out["max_tokens"] == 10
 
 
-def test_answer_text_both_dialects() -> None:
+def test_fill_placeholders_in_responses_input() -> None:
+    items = [
+        {"role": "system", "content": "sys {{a}}"},
+        {"role": "user", "content": [{"type": "input_text", "text": "part {{a}}"},
+                                     {"type": "input_image", "image_url": "https://x/{{a}}.png"}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "said {{b}}"}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{\"q\": \"{{a}}\"}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "out {{b}}"},
+        {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "[{{a}}]"}]},
+    ]
+    tasks = [task("a"), task("b"),
+             {"id": "c", "upstream_path": "/v1/responses", "depends_on": ["a", "b"],
+              "request": {"model": "m", "instructions": "{{a}}", "input": items}},
+             {"id": "d", "upstream_path": "/v1/responses", "depends_on": ["a"],
+              "request": {"model": "m", "input": "just {{a}}, lit {{{{a}}"}}]
+    g = parse_task_graph({"tasks": tasks}, 10)
+    c, d = g.by_id["c"], g.by_id["d"]
+    assert c.dialect == d.dialect == "responses" and c.placeholders == {"a", "b"}
+    answers = {"a": "ALPHA", "b": "beta"}
+    out = filled(c, answers)["input"]
+    assert [item.get("content", item.get("output")) for item in out] == [
+        "sys ALPHA",
+        [{"type": "input_text", "text": "part ALPHA"}, {"type": "input_image", "image_url": "https://x/{{a}}.png"}],
+        [{"type": "output_text", "text": "said beta"}],
+        None,
+        "out beta",
+        [{"type": "input_text", "text": "[ALPHA]"}],
+    ]
+    assert out[3] == items[3]                                        # a call's arguments are not text
+    assert filled(c, answers)["instructions"] == "{{a}}"             # nor is anything outside `input`
+    assert filled(d, answers)["input"] == "just ALPHA, lit {{a}}"
+    for t in (c, d):
+        size = filled_size(t.request, t.template, {k: json_string_size(v) for k, v in answers.items()})
+        assert size == len(json.dumps(filled(t, answers), ensure_ascii=False).encode())
+    with pytest.raises(TaskGraphError, match="placeholder {{a}}"):
+        graph({"id": "e", "upstream_path": "/v1/responses", "request": {"input": "{{a}}"}}, task("a"))
+
+
+def test_answer_text_every_dialect() -> None:
     oa, an = get_dialect("openai"), get_dialect("anthropic")
     assert oa.answer_text(openai_answer("hello")) == "hello"
     assert oa.answer_text({"choices": [{"message": {"content": None, "tool_calls": []}}]}) == ""
@@ -258,7 +303,13 @@ def test_answer_text_both_dialects() -> None:
     assert an.answer_text(anthropic_answer("one ", "two")) == "one two"
     assert an.answer_text({"content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}},
                                        {"type": "text", "text": "x"}]}) == "x"
-    for dialect in (oa, an):
+    rs = get_dialect("responses")
+    assert rs.answer_text({"output": [{"type": "reasoning", "summary": []},
+                                      {"type": "message", "role": "assistant",
+                                       "content": [{"type": "output_text", "text": "r1"},
+                                                   {"type": "refusal", "refusal": "no"},
+                                                   {"type": "output_text", "text": "r2"}]}]}) == "r1r2"
+    for dialect in (oa, an, rs):
         assert dialect.answer_text(None) == "" and dialect.answer_text("str") == "" and dialect.answer_text({}) == ""
 
 

@@ -71,6 +71,25 @@ def test_filled_size_is_the_serialized_size_of_the_filled_request(content) -> No
     assert request_size(task.request) == len(json.dumps(task.request, ensure_ascii=False).encode())
 
 
+@pytest.mark.parametrize("conversation", [
+    "x {{a}} y {{a}}{{b}} {{{{a}} {{ a }} }} {{ {{c}}",
+    [{"role": "user", "content": [{"type": "input_text", "text": "pre {{b}} post"},
+                                  {"type": "input_image", "image_url": "{{a}}"}]},
+     {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "{{c}}{{{{"}]},
+     {"type": "function_call_output", "call_id": "c1", "output": "{{a}} and {{b}}"}],
+])
+def test_filled_size_of_a_responses_task(conversation) -> None:
+    raw = {"id": "t", "upstream_path": "/v1/responses", "depends_on": ["a", "b", "c"],
+           "request": {"model": "gpt-4o-mini", "instructions": "{{a}}", "input": conversation}}
+    g = graph({"id": "a", "request": chat("1")}, {"id": "b", "request": chat("2")},
+              {"id": "c", "request": chat("3")}, raw)
+    task = g.by_id["t"]
+    assert task.placeholders == {"a", "b", "c"} and task.template.escapes == 1
+    sizes = {k: json_string_size(v) for k, v in ANSWERS.items()}
+    expected = len(json.dumps(fill_placeholders(task.request, task.template, ANSWERS), ensure_ascii=False).encode())
+    assert filled_size(task.request, task.template, sizes) == expected
+
+
 class Calls:
     """A run_one that answers every task with a fixed text, recording calls."""
 
