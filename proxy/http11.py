@@ -1,6 +1,8 @@
 """One HTTP/1.1 connection to an upstream, as an asyncio protocol.
 
-The request goes out in one write; the answer is parsed as it arrives by
+The request goes out in one write; what the socket does not take at once
+waits in the transport's buffer, and the caller waits for that to drain
+within the write timeout. The answer is parsed as it arrives by
 httptools (llhttp, the parser under Node.js and uvicorn). Its body is handed
 over in the pieces that arrived, all of them at once when the reader was not
 waiting, so a small answer is one piece and a stream's events are never held
@@ -26,6 +28,10 @@ PAUSE_BYTES = 256 * 1024
 # A body past this size is written after its head rather than copied onto it.
 JOIN_LIMIT = 65536
 
+# Request bytes the socket has not taken past which the write timeout runs
+# (the transport pauses writing above it and resumes once the buffer is empty).
+WRITE_BUFFER_BYTES = 65536
+
 # What a connection closed before any byte of an answer is reported as; the
 # words httpx (h11) uses, which the upstream client's one retry looks for.
 CLOSED_BEFORE_ANSWERING = "Server disconnected without sending a response."
@@ -40,6 +46,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.on_lost: Callable[[Connection], None] | None = None
+        self._writing_paused = False   # the transport's: more than WRITE_BUFFER_BYTES unsent
         self._parser = httptools.HttpResponseParser(self)
         self._reset()
 
@@ -56,7 +63,7 @@ class Connection(asyncio.Protocol):
         self._unread = 0
         self._paused = False
         self._error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
         self._answering = False
 
     # ------------------------------------------------------------ the caller's side
@@ -72,6 +79,22 @@ class Connection(asyncio.Protocol):
             self.transport.write(content)
         else:
             self.transport.write(head + content if content else head)
+
+    async def request_written(self, timeout: float | None) -> None:
+        """Wait while more than WRITE_BUFFER_BYTES of the request wait for the
+        socket: httpx.WriteTimeout, the connection closed, when `timeout`
+        seconds pass without the socket taking any of it (an upstream that
+        stopped reading), as httpx times each write. Returns at once when the
+        socket took it, as it takes any small request, and when the answer
+        begins first (an upstream may answer, a 413 say, before reading the
+        whole request)."""
+        while self._writing_paused and not self._has_head:
+            if self._error is not None:
+                raise self._error
+            unsent = self.transport.get_write_buffer_size()
+            if not await self._wait(timeout, fail=False) and self.transport.get_write_buffer_size() >= unsent:
+                self.close()
+                raise httpx.WriteTimeout("the upstream took none of the request within the write timeout")
 
     async def response_head(self, timeout: float | None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         while not self._has_head:
@@ -101,37 +124,47 @@ class Connection(asyncio.Protocol):
     def upgraded(self, transport: asyncio.Transport) -> None:
         """Carry on over `transport` (TLS started inside a CONNECT tunnel)."""
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES, low=0)
         self._parser = httptools.HttpResponseParser(self)
 
     @property
     def reusable(self) -> bool:
-        """The answer was read to its end and the connection may carry another."""
-        return self._complete and not self._chunks and self._keep_alive and not self.closed
+        """The answer was read to its end and the connection may carry another
+        (not when the answer came before the request had all been sent: the
+        rest would be read as the next request)."""
+        return (self._complete and not self._chunks and self._keep_alive and not self.closed
+                and not self.transport.get_write_buffer_size())
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True
 
-    async def _wait(self, timeout: float | None) -> None:
+    async def _wait(self, timeout: float | None, fail: bool = True) -> bool:
+        """Until the protocol wakes the caller (True). After `timeout` seconds:
+        httpx.ReadTimeout, the connection closed; with `fail` False, False."""
         waiter = self._waiter = self.loop.create_future()
-        timer = None if timeout is None else self.loop.call_later(timeout, self._timed_out, waiter)
+        timer = None if timeout is None else self.loop.call_later(timeout, self._timed_out, waiter, fail)
         try:
-            await waiter
+            return await waiter
         finally:
             self._waiter = None
             if timer is not None:
                 timer.cancel()
 
-    def _timed_out(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
-            waiter.set_exception(httpx.ReadTimeout("the upstream sent nothing within the read timeout"))
-            self.close()
+    def _timed_out(self, waiter: asyncio.Future[bool], fail: bool) -> None:
+        if waiter.done():
+            return
+        if not fail:
+            waiter.set_result(False)
+            return
+        waiter.set_exception(httpx.ReadTimeout("the upstream sent nothing within the read timeout"))
+        self.close()
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(True)
 
     def _fail(self, error: Exception) -> None:
         if self._error is None and not self._complete:
@@ -142,6 +175,14 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES, low=0)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake()
 
     def data_received(self, data: bytes) -> None:
         try:

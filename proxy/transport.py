@@ -14,8 +14,8 @@ adds `User-Agent` and `Accept-Encoding` to every request; a proxy must send
 the client's headers as they are.
 
 What it keeps of httpx's transport contract: the request's ``timeout``
-extension (connect, read, pool; a request is written whole into the socket's
-buffer, so there is no write timeout), the ``trace`` extension's
+extension (connect, read, write: the socket taking none of a request left
+in the buffer for that long, pool), the ``trace`` extension's
 ``connection.connect_tcp.complete`` event when a new connection is opened (the
 client's one retry depends on it), httpx's exception types, and the raw body,
 never decompressed. Its own extension ``ca_bundle`` names the PEM file an
@@ -259,6 +259,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                             content, proxy.authorization if in_the_clear else None)
         try:
             connection.send_request(head, content, head_only=method == "HEAD")
+            await connection.request_written(timeout.get("write"))
             status, reason, raw_headers = await connection.response_head(timeout.get("read"))
         except BaseException:
             self._pool.discard(connection)

@@ -137,6 +137,78 @@ async def test_silence_is_a_read_timeout_and_a_closed_port_a_connect_error():
             await t.aclose()
 
 
+@contextlib.asynccontextmanager
+async def reading_server(read: callable) -> AsyncIterator[tuple[int, list[int]]]:
+    """A server whose `read(reader, writer)` handles each connection as it
+    likes (reads slowly, not at all, answers early); yields its port and the
+    number of connections it took so far (a list of one)."""
+    opened = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened[0] += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await read(reader, writer)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, limit=8 << 20)
+    async with server:
+        yield server.sockets[0].getsockname()[1], opened
+
+
+# more than loopback's socket buffers hold on both sides, so most of it waits in the transport's
+BIG_REQUEST = b"x" * (32 << 20)
+
+
+async def big_requests(port: int, write_timeout: float, count: int = 1) -> list[tuple[httpx.Response, bytes]]:
+    """BIG_REQUEST posted `count` times, one after the other, through one transport."""
+    t = transport()
+    try:
+        return [await call(t, f"http://127.0.0.1:{port}/v1/x", content=BIG_REQUEST, extensions={
+            "timeout": {"connect": 5.0, "read": 5.0, "write": write_timeout, "pool": 5.0}}) for _ in range(count)]
+    finally:
+        await t.aclose()
+
+
+async def test_an_upstream_that_stops_reading_is_a_write_timeout():
+    async def never_read(reader, writer):
+        await asyncio.sleep(10)
+
+    async with reading_server(never_read) as (port, _):
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(httpx.WriteTimeout):
+            await big_requests(port, write_timeout=0.3)
+        assert asyncio.get_running_loop().time() - started < 4    # not the read timeout's 5 s
+
+
+async def test_an_upstream_reading_slowly_is_no_write_timeout():
+    """The write timeout bounds a pause in the upstream's reading, not the whole upload."""
+    async def slowly(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while length:
+            length -= len(await reader.read(min(length, 4 << 20)))
+            await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with reading_server(slowly) as (port, _):
+        [(response, body)] = await big_requests(port, write_timeout=0.25)
+    assert response.status_code == 200 and body == b"ok"
+
+
+async def test_an_answer_before_the_request_is_all_sent_is_taken_and_the_connection_dropped():
+    async def answer_early(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(10)
+
+    async with reading_server(answer_early) as (port, opened):
+        answers = await big_requests(port, write_timeout=0.3, count=2)
+    assert [response.status_code for response, _ in answers] == [413, 413]
+    assert opened == [2]   # the rest of the first request would have been read as the second
+
+
 async def test_answer_broken_off_mid_body_is_an_error_after_the_bytes_that_came():
     answer = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial"
     async with raw_server(lambda head: answer, close_after=True) as (port, _, _):
