@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import socket
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -159,3 +160,42 @@ def test_slot_wait_is_bounded_503_with_retry_after(one_slot_proxy_url, upstream)
     response = httpx.post(one_slot_proxy_url + "/v1/chat/completions", content=BODY, timeout=10,
                           headers={"content-type": "application/json"})
     assert response.status_code == 200
+
+
+@contextlib.contextmanager
+def upstream_that_never_reads():
+    """An upstream that accepts connections and reads nothing from them."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        server.close()
+
+
+def test_an_upstream_that_reads_nothing_is_a_504_after_the_write_timeout():
+    body = b"x" * (24 << 20)   # more than loopback's socket buffers hold on both sides
+    with upstream_that_never_reads() as upstream_url:
+        xml = proxy_config_xml(upstream_url).replace('read_timeout="60"', 'read_timeout="60" write_timeout="0.5"')
+        with served(xml) as url:
+            started = time.monotonic()
+            response = httpx.post(url + "/v1/files", content=body, timeout=30,
+                                  headers={"authorization": "Bearer sk-test", "content-type": "application/jsonl"})
+            waited = time.monotonic() - started
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["message"] == "upstream 'openai' did not answer in time"
+    assert waited < 20                       # the write timeout, not the read timeout's 60 s
