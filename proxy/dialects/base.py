@@ -129,6 +129,7 @@ class Dialect(Protocol):
     hint_fields: frozenset[str]      # top-level fields the cache hints may add
     answer_headers: frozenset[bytes]  # request headers that change the answer (part of the cache key)
     required_headers: tuple[tuple[bytes, bytes], ...]   # what a request must carry (added when absent)
+    deferred_answer_fields: tuple[str, ...]   # request flags that, true, keep the answer out of the response
 
     # --- requests
     def check_body(self, body: dict) -> None:

@@ -40,8 +40,6 @@ from .templates import Template, scan
 
 DEFAULT_UPSTREAM_PATH = DEFAULT.chat_path
 CHAT_PATHS = tuple(d.chat_path for d in DIALECTS.values())
-# what would keep a task's answer out of its response
-WHOLE_ANSWER_FLAGS = ("stream", "background")
 TASK_FIELDS = ("id", "request", "depends_on", "upstream_path")
 MAX_ID_LENGTH = 128
 
@@ -223,17 +221,17 @@ def _parse_task(raw: Any, index: int) -> Task:
     if path not in CHAT_PATHS:
         raise refuse(f": upstream_path must be {', '.join(repr(p) for p in CHAT_PATHS[:-1])} or "
                      f"{CHAT_PATHS[-1]!r}, not {_show(path)}")
-    field = _dialect_of(path).conversation_field
+    dialect = _dialect_of(path)
+    field = dialect.conversation_field
     if field not in request:
         raise refuse(f": request has no {field!r}")
     conversation = request[field]
     if not isinstance(conversation, list):
         try:
-            # what else the dialect takes there (Responses: a string)
-            _dialect_of(path).check_body({field: conversation})
+            dialect.check_body({field: conversation})   # what else the dialect takes there (Responses: a string)
         except BadRequest:
             raise refuse(f": request.{field} must be a list, not {_kind(conversation)}") from None
-    for flag in WHOLE_ANSWER_FLAGS:
+    for flag in dialect.deferred_answer_fields:
         if request.get(flag) not in (None, False):
             raise refuse(f": request.{flag} must be false or absent; a task's answer is read whole")
 

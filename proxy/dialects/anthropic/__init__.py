@@ -36,6 +36,7 @@ default_pricing = ANTHROPIC_PRICING
 hint_fields: frozenset[str] = frozenset()
 answer_headers = frozenset({b"anthropic-version", b"anthropic-beta"})
 required_headers = ((b"anthropic-version", b"2023-06-01"),)
+deferred_answer_fields = ("stream",)
 ROLES = frozenset({"user", "assistant"})
 OPAQUE_BLOCKS = frozenset({"image", "document"})
 FROZEN_BLOCKS = frozenset({"thinking", "redacted_thinking"})

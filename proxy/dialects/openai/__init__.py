@@ -34,6 +34,7 @@ default_pricing = OPENAI_PRICING
 hint_fields = frozenset({"prompt_cache_key"})
 answer_headers = frozenset({b"openai-beta"})
 required_headers: tuple[tuple[bytes, bytes], ...] = ()
+deferred_answer_fields = ("stream",)
 SYSTEM_ROLES = ("system", "developer")
 KNOWN_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 OPAQUE_PARTS = frozenset({"image_url", "input_audio", "file", "image", "input_image", "audio"})

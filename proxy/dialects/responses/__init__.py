@@ -48,6 +48,7 @@ sdk_key_env = "OPENAI_API_KEY"
 default_pricing = OPENAI_PRICING
 hint_fields = frozenset({"prompt_cache_key"})
 required_headers: tuple[tuple[bytes, bytes], ...] = ()
+deferred_answer_fields = ("stream", "background")   # background: the answer is fetched later by its id
 ROLES = frozenset({"user", "assistant", "system", "developer"})
 TEXT_PARTS = frozenset({"input_text", "output_text"})
 OPAQUE_PARTS = frozenset({"input_image", "input_file", "input_audio"})
