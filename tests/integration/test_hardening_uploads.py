@@ -192,10 +192,8 @@ def test_an_upstream_that_reads_nothing_is_a_504_after_the_write_timeout():
     with upstream_that_never_reads() as upstream_url:
         xml = proxy_config_xml(upstream_url).replace('read_timeout="60"', 'read_timeout="60" write_timeout="0.5"')
         with served(xml) as url:
-            started = time.monotonic()
+            # the client gives up after 30 s: a 504 it gets came from the write timeout, not the read timeout's 60 s
             response = httpx.post(url + "/v1/files", content=body, timeout=30,
                                   headers={"authorization": "Bearer sk-test", "content-type": "application/jsonl"})
-            waited = time.monotonic() - started
     assert response.status_code == 504, response.text
     assert response.json()["error"]["message"] == "upstream 'openai' did not answer in time"
-    assert waited < 20                       # the write timeout, not the read timeout's 60 s

@@ -174,10 +174,8 @@ async def test_an_upstream_that_stops_reading_is_a_write_timeout():
         await asyncio.sleep(10)
 
     async with reading_server(never_read) as (port, _):
-        started = asyncio.get_running_loop().time()
-        with pytest.raises(httpx.WriteTimeout):
+        with pytest.raises(httpx.WriteTimeout):   # not the read timeout's ReadTimeout
             await big_requests(port, write_timeout=0.3)
-        assert asyncio.get_running_loop().time() - started < 4    # not the read timeout's 5 s
 
 
 async def test_an_upstream_reading_slowly_is_no_write_timeout():
